@@ -1,0 +1,39 @@
+"""Recall@k surrogate loss, similarity mixup and very-large-batch training for pytorch-metric-learning.
+
+Everything public is importable from the top level::
+
+    from pml_recallk import RecallKSurrogateLoss, SimilarityMixup, MemoryEfficientTrainer
+
+Imports are lazy, so ``import pml_recallk`` does not pull in torchvision, timm or faiss until a name that
+needs them is used.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_PUBLIC = {
+    "RecallKSurrogateLoss": "pml_recallk.losses",
+    "SimilarityMixup": "pml_recallk.losses",
+    "cached_backward": "pml_recallk.trainers",
+    "MemoryEfficientTrainer": "pml_recallk.trainers",
+    "RecallAtKAccuracyCalculator": "pml_recallk.evaluation",
+    "functional": "pml_recallk.functional",
+    "datasets": "pml_recallk.datasets",
+    "models": "pml_recallk.models",
+}
+
+__all__ = sorted(_PUBLIC) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'pml_recallk' has no attribute {name!r}")
+    module = import_module(_PUBLIC[name])
+    value = module if module.__name__.endswith("." + name) else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,18 @@
+import os
+
+import pytest
+import torch
+
+# Like PML's TEST_DEVICE / TEST_DTYPES, but defaulting to what every machine has.
+TEST_DEVICE = torch.device(os.environ.get("PML_RECALLK_TEST_DEVICE", "cpu"))
+TEST_DTYPES = [getattr(torch, name) for name in os.environ.get("PML_RECALLK_TEST_DTYPES", "float32,float64").split(",")]
+
+
+@pytest.fixture
+def device():
+    return TEST_DEVICE
+
+
+@pytest.fixture(params=TEST_DTYPES, ids=str)
+def dtype(request):
+    return request.param
