@@ -1,7 +1,12 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+# Independent reference implementations (plain loops, float64) that tests import by module name.
+sys.path.insert(0, str(Path(__file__).parent / "references"))
 
 # Like PML's TEST_DEVICE / TEST_DTYPES, but defaulting to what every machine has.
 TEST_DEVICE = torch.device(os.environ.get("PML_RECALLK_TEST_DEVICE", "cpu"))

@@ -71,7 +71,8 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
             raise TypeError(f"count_query_in_rank must be True or False, got {count_query_in_rank!r}")
         self.count_query_in_rank = count_query_in_rank
         if query_chunk_size is not None and (
-            not isinstance(query_chunk_size, numbers.Integral) or isinstance(query_chunk_size, bool)
+            not isinstance(query_chunk_size, numbers.Integral)
+            or isinstance(query_chunk_size, bool)
             or query_chunk_size <= 0
         ):
             raise ValueError(f"query_chunk_size must be a positive int or None, got {query_chunk_size!r}")
@@ -82,7 +83,13 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
                 "dissimilarity; use CosineSimilarity() (the default) or DotProductSimilarity()"
             )
         self.add_to_recordable_attributes(
-            list_of_names=["k_values", "rank_temperature", "k_temperature", "k_margin", "count_query_in_rank"],
+            list_of_names=[
+                "k_values",
+                "rank_temperature",
+                "k_temperature",
+                "k_margin",
+                "count_query_in_rank",
+            ],
             is_stat=False,
         )
 
