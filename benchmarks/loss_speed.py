@@ -1,0 +1,262 @@
+"""Forward+backward time and peak extra memory of the RS@k loss, against the released code's algorithm and a naive
+vectorised version, and of SiMix against materialising the virtual embeddings.
+
+Every configuration runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its own; "extra
+memory" is that peak minus the resident memory just before the loss is called (embeddings already allocated).
+Times are the median of a few repetitions after the memory-measuring first call. Ratios are taken within one run.
+
+    python benchmarks/loss_speed.py                      # full table (B = 256, 1000, 4000; SiMix at 400, 4000)
+    python benchmarks/loss_speed.py --sizes 256 --quick  # smoke test
+    python benchmarks/loss_speed.py --device cuda --sizes 4000 10000 --out benchmarks/results/loss_speed_cuda
+
+Methods (all d = 512, 4 samples per class, L2-normalised embeddings, default temperatures):
+    ours          RecallKSurrogateLoss (chunked, recomputing backward)
+    released_loop a per-query Python loop following the released code's algorithm (written from SPEC.md, query
+                  counted in its own rank as there); one backward at the end
+    naive         a vectorised version that builds the whole B×P×B difference tensor under autograd
+    floor         one B×B matmul plus one pass of B×P×B sigmoids forward and backward (a lower bound)
+    simix_official / simix_database   SimilarityMixup(RecallKSurrogateLoss()) in each mode
+    materialised  the virtual embeddings built explicitly (as the released code does), then our loss on B + V items
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+LOSS_METHODS = ("ours", "released_loop", "naive", "floor")
+SIMIX_METHODS = ("ours", "simix_database", "simix_official", "materialised")
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def released_loop_loss(emb: torch.Tensor, m: int, k_values=(1, 2, 4, 8, 16), tau=0.01) -> torch.Tensor:
+    """The released code's algorithm, one query at a time, classes in contiguous blocks of m (SPEC §2, rsk notes)."""
+    batch = len(emb)
+    total = emb.new_zeros(())
+    for q in range(batch):
+        sims = (emb[q] * emb).sum(1)  # (B,)
+        group = slice((q // m) * m, (q // m) * m + m)
+        diff = sims[:, None] - sims[None, group]  # (B, m): s_z − s_p for the m members p of q's class
+        sig = torch.sigmoid(diff / tau)
+        mask = torch.ones_like(sig)
+        mask[torch.arange(group.start, group.stop), torch.arange(m)] = 0  # z ≠ p
+        ranks = 1 + (sig * mask).sum(0)  # the query itself stays in the sum, as released
+        not_self = torch.ones(m, device=emb.device)
+        not_self[q % m] = 0
+        recalls = []
+        for k in k_values:
+            hits = (torch.sigmoid(k - ranks) * not_self).sum()
+            recalls.append(torch.clamp(hits, max=k) / min(k, m - 1))
+        total = total + (1 - torch.stack(recalls).mean()) / batch
+    return total
+
+
+def naive_loss(emb: torch.Tensor, labels: torch.Tensor, k_values=(1, 2, 4, 8, 16), tau=0.01) -> torch.Tensor:
+    """Everything at once: the (B, P, B) difference tensor and its sigmoid stay in the autograd graph."""
+    batch = len(emb)
+    sim = emb @ emb.T
+    eye = torch.eye(batch, dtype=torch.bool, device=emb.device)
+    same = (labels[:, None] == labels[None, :]) & ~eye
+    positives = same.nonzero()[:, 1].view(batch, -1)  # equal class sizes: P = m − 1 per query
+    pos_sim = sim.gather(1, positives)
+    sig = torch.sigmoid((sim[:, None, :] - pos_sim[:, :, None]) / tau)
+    not_p = torch.ones_like(sig).scatter_(2, positives[:, :, None], 0)
+    ranks = 1 + (sig * not_p * ~eye[:, None, :]).sum(2)
+    recalls = [torch.clamp(torch.sigmoid(k - ranks).sum(1), max=k) / min(k, positives.shape[1]) for k in k_values]
+    return (1 - torch.stack(recalls, 1).mean(1)).mean()
+
+
+def floor_step(emb: torch.Tensor, labels: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
+    """One B×B matmul and one B×P×B sigmoid pass, forward and backward: work any exact method must do."""
+    sim = emb @ emb.T
+    return sim.sum() * 0 + torch.sigmoid(diff).sum()
+
+
+def materialised_loss(emb: torch.Tensor, labels: torch.Tensor, loss_fn) -> torch.Tensor:
+    from pml_recallk.losses.similarity_mixup import same_class_pairs
+
+    first, second = same_class_pairs(labels)
+    alpha = torch.rand(len(first), 1, device=emb.device)
+    unit = F.normalize(emb, dim=1)
+    virtual = alpha * unit[first] + (1 - alpha) * unit[second]
+    return loss_fn(torch.cat([unit, virtual]), torch.cat([labels, labels[first]]))
+
+
+def worker(method: str, batch: int, device: str, repeats: int) -> dict:
+    from pytorch_metric_learning.distances import DotProductSimilarity
+
+    from pml_recallk import RecallKSurrogateLoss, SimilarityMixup
+
+    torch.manual_seed(0)
+    m, dim = 4, 512
+    labels = torch.arange(batch // m, device=device).repeat_interleave(m)
+    emb0 = F.normalize(torch.randn(batch, dim, device=device), dim=1)
+    diff = None
+    if method == "floor":
+        diff = torch.randn(batch, m - 1, batch, device=device, requires_grad=True)
+
+    def step():
+        emb = emb0.clone().requires_grad_(True)
+        if method == "ours":
+            loss = RecallKSurrogateLoss()(emb, labels)
+        elif method == "released_loop":
+            loss = released_loop_loss(F.normalize(emb, dim=1), m)
+        elif method == "naive":
+            loss = naive_loss(F.normalize(emb, dim=1), labels)
+        elif method == "floor":
+            loss = floor_step(emb, labels, diff)
+        elif method.startswith("simix_"):
+            loss = SimilarityMixup(RecallKSurrogateLoss(), mode=method.split("_")[1])(emb, labels)
+        elif method == "materialised":
+            inner = RecallKSurrogateLoss(distance=DotProductSimilarity(normalize_embeddings=False))
+            loss = materialised_loss(emb, labels, inner)
+        else:
+            raise ValueError(method)
+        loss.backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return float(loss.detach())
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+    else:
+        base = current_rss_mb()
+    start = time.perf_counter()
+    value = step()
+    times = [time.perf_counter() - start]
+    extra = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mb()) - base
+    for _ in range(repeats - 1):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    # On CUDA the first call includes kernel warm-up: report the median of the later calls when there are some.
+    timed = times[1:] if len(times) > 1 else times
+    return {"method": method, "batch": batch, "seconds": statistics.median(timed), "extra_mb": extra, "loss": value}
+
+
+def run(method: str, batch: int, device: str, repeats: int, timeout: float) -> dict:
+    cmd = [sys.executable, __file__, "--worker", method, str(batch), "--device", device, "--repeats", str(repeats)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+    except subprocess.TimeoutExpired:
+        return {"method": method, "batch": batch, "seconds": None, "extra_mb": None, "note": f"> {timeout:.0f} s"}
+    except subprocess.CalledProcessError as error:
+        last = (error.stderr or "").strip().splitlines()[-1:] or ["failed"]
+        return {"method": method, "batch": batch, "seconds": None, "extra_mb": None, "note": last[0][:80]}
+
+
+def fmt(x, spec):
+    return "—" if x is None else format(x, spec)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", nargs=2, metavar=("METHOD", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1000, 4000])
+    parser.add_argument("--simix-sizes", type=int, nargs="+", default=[400, 4000])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--quick", action="store_true", help="one repetition, skip SiMix")
+    parser.add_argument("--out", default="benchmarks/results/loss_speed")
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.device, args.repeats)))
+        return
+    repeats = 1 if args.quick else args.repeats
+    rows = []
+    for batch in args.sizes:
+        for method in LOSS_METHODS:
+            # The per-query loop is slow; one call is enough to time it.
+            rows.append(run(method, batch, args.device, 1 if method == "released_loop" else repeats, args.timeout))
+            print(json.dumps(rows[-1]), flush=True)
+    simix_rows = []
+    if not args.quick:
+        for batch in args.simix_sizes:
+            for method in SIMIX_METHODS:
+                simix_rows.append(run(method, batch, args.device, repeats, args.timeout))
+                print(json.dumps(simix_rows[-1]), flush=True)
+    write_report(rows, simix_rows, args, " ".join([Path(sys.executable).name, *sys.argv]))
+
+
+def write_report(rows, simix_rows, args, command) -> None:
+    def get(table, method, batch):
+        return next(r for r in table if r["method"] == method and r["batch"] == batch)
+
+    def ratio(a, b):
+        return None if a is None or b is None else a / b
+
+    lines = [
+        "# RS@k loss: time and memory of one forward + backward",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"device `{args.device}`. d = 512, 4 samples per class, default temperatures. "
+        "Extra memory = peak resident (CPU) or allocated (CUDA) memory during the call minus memory before it.",
+        "",
+        "| B | ours s | released loop s | naive B×P×B s | floor s | loop / ours | naive / ours | ours / floor "
+        "| ours MB | loop MB | naive MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for batch in args.sizes:
+        o, lp, nv, fl = (get(rows, m, batch) for m in LOSS_METHODS)
+        lines.append(
+            f"| {batch} | {fmt(o['seconds'], '.3f')} | {fmt(lp['seconds'], '.2f')} | {fmt(nv['seconds'], '.3f')} "
+            f"| {fmt(fl['seconds'], '.3f')} | {fmt(ratio(lp['seconds'], o['seconds']), '.1f')}× "
+            f"| {fmt(ratio(nv['seconds'], o['seconds']), '.1f')}× | {fmt(ratio(o['seconds'], fl['seconds']), '.2f')}× "
+            f"| {fmt(o['extra_mb'], '.0f')} | {fmt(lp['extra_mb'], '.0f')} | {fmt(nv['extra_mb'], '.0f')} |"
+        )
+    notes = [r for r in rows + simix_rows if r.get("note")]
+    if simix_rows:
+        lines += [
+            "",
+            "## SiMix",
+            "",
+            "RS@k alone, `SimilarityMixup(RecallKSurrogateLoss(), mode=...)`, and the released code's approach of "
+            "materialising every virtual embedding (then our loss on the B + V items, official semantics).",
+            "",
+            "| B | virtual items | method | s | extra MB | s / RS@k alone |",
+            "|---|---|---|---|---|---|",
+        ]
+        for batch in args.simix_sizes:
+            alone = get(simix_rows, "ours", batch)
+            for method in SIMIX_METHODS:
+                r = get(simix_rows, method, batch)
+                lines.append(
+                    f"| {batch} | {batch // 4 * 6} | {method} | {fmt(r['seconds'], '.3f')} | "
+                    f"{fmt(r['extra_mb'], '.0f')} | {fmt(ratio(r['seconds'], alone['seconds']), '.2f')}× |"
+                )
+    if notes:
+        lines += ["", "Not measured: " + "; ".join(f"{r['method']} B={r['batch']}: {r['note']}" for r in notes)]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"command": command, "loss": rows, "simix": simix_rows}, indent=1))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
