@@ -1,0 +1,172 @@
+"""What the benchmark loaders share: an image-list dataset, layout checks, and class-disjoint splitting.
+
+Every benchmark loader reads a listing (a text file or a ``.mat`` annotation) from a local ``root``, turns it
+into a list of image paths and original class ids, and hands both to :class:`ImageListDataset`. Nothing is
+downloaded. A missing root or listing raises :class:`FileNotFoundError` naming the expected path; a malformed
+line raises :class:`ValueError` naming the file and the line number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset, Subset
+
+
+def check_split(dataset_name: str, split: str, valid_splits: Sequence[str]) -> None:
+    """Raise ValueError unless ``split`` is one of ``valid_splits``."""
+    if split not in valid_splits:
+        raise ValueError(f"{dataset_name}: split must be one of {list(valid_splits)}, got {split!r}")
+
+
+def require_path(path: Path, dataset_name: str, layout: str) -> Path:
+    """Return ``path`` if it exists, else raise FileNotFoundError naming it and the expected ``layout``."""
+    if not path.exists():
+        raise FileNotFoundError(f"{dataset_name}: expected {path} but it does not exist. {layout}")
+    return path
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, stripped_line)`` for the non-blank lines of a text file (numbers start at 1)."""
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            line = line.strip()
+            if line:
+                yield line_number, line
+
+
+def parse_int(text: str, path: Path, line_number: int, what: str) -> int:
+    """``int(text)``, or a ValueError that points at the file and line."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{path}, line {line_number}: {what} must be an integer, got {text!r}") from None
+
+
+def remap_labels(class_ids: np.ndarray) -> np.ndarray:
+    """Map class ids to ``0..C-1`` in increasing order of the original id (int64)."""
+    _, labels = np.unique(class_ids, return_inverse=True)
+    return labels.astype(np.int64).reshape(-1)
+
+
+class ImageListDataset(Dataset):
+    """A list of image files with one class id each, opened lazily with PIL and converted to RGB.
+
+    Attributes:
+        root: the folder the image paths are relative to.
+        image_paths: absolute path of every image, in listing order.
+        class_ids: the dataset's own class id of every image (1-D int64), e.g. 101..200 for the CUB test split.
+        labels: the class ids remapped to ``0..C-1`` within this split, in increasing order of ``class_ids``
+            (1-D int64). ``dataset[i]`` returns ``labels[i]``.
+        transform: applied to the PIL image; ``None`` returns the PIL image itself.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        image_paths: Sequence[Path],
+        class_ids: Sequence[int],
+        transform: Callable[[Any], Any] | None,
+        listing: Path,
+    ):
+        if len(image_paths) == 0:
+            raise ValueError(f"{type(self).__name__}: {listing} lists no images")
+        self.root = root
+        self.image_paths = list(image_paths)
+        self.class_ids = np.asarray(class_ids, dtype=np.int64)
+        self.labels = remap_labels(self.class_ids)
+        self.transform = transform
+        self.listing = listing
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max()) + 1
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        from PIL import Image  # a dependency of torchvision and matplotlib; imported late like the data
+
+        path = self.image_paths[index]
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{type(self).__name__}: image {path} (listed in {self.listing}) is missing"
+            ) from None
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, images={len(self)}, classes={self.num_classes})"
+
+
+class ClassSubset(Subset):
+    """A :class:`torch.utils.data.Subset` whose labels are remapped to ``0..C-1`` within the subset.
+
+    ``labels`` (1-D int64) is the remapped label of every item, ``class_ids`` the parent's label of every item;
+    ``subset[i]`` returns ``(image, labels[i])``.
+    """
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]):
+        super().__init__(dataset, list(indices))
+        self.class_ids = np.asarray(dataset.labels, dtype=np.int64)[np.asarray(indices, dtype=np.int64)]
+        self.labels = remap_labels(self.class_ids)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, _ = self.dataset[self.indices[index]]
+        return image, int(self.labels[index])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, int]]:
+        # DataLoader's batched fetch; Subset's own version would return the parent's labels.
+        return [self[index] for index in indices]
+
+
+def class_disjoint_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0) -> tuple[ClassSubset, ClassSubset]:
+    """Split a dataset into train and validation parts that share no class.
+
+    ``round(val_fraction * C)`` of the ``C`` classes (at least 1, at most ``C - 1``), drawn with
+    ``numpy.random.default_rng(seed)``, go to validation with all their images; the rest go to train. Items keep
+    their order within each part, and each part's labels are remapped to ``0..C_part-1``.
+
+    Args:
+        dataset: any dataset with a ``labels`` attribute (1-D integer class ids, one per item).
+        val_fraction: fraction of the classes put in the validation part, in (0, 1).
+        seed: the same seed gives the same split.
+
+    Returns:
+        ``(train, val)`` :class:`ClassSubset` objects, each with a ``labels`` attribute.
+
+    Example:
+        >>> import numpy as np
+        >>> from torch.utils.data import TensorDataset
+        >>> import torch
+        >>> data = TensorDataset(torch.arange(12))
+        >>> data.labels = np.repeat(np.arange(6), 2)
+        >>> train, val = class_disjoint_split(data, val_fraction=0.5, seed=0)
+        >>> len(train), len(val), sorted(set(val.labels))
+        (6, 6, [0, 1, 2])
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        raise TypeError("class_disjoint_split needs a dataset with a `labels` attribute (one class id per item)")
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != len(dataset):
+        raise ValueError(
+            f"dataset.labels must be 1-D with one entry per item, got shape {labels.shape} for {len(dataset)} items"
+        )
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        raise ValueError(f"class_disjoint_split needs at least 2 classes, the dataset has {len(classes)}")
+    num_val = min(max(round(val_fraction * len(classes)), 1), len(classes) - 1)
+    val_classes = np.random.default_rng(seed).permutation(classes)[:num_val]
+    in_val = np.isin(labels, val_classes)
+    return ClassSubset(dataset, np.flatnonzero(~in_val)), ClassSubset(dataset, np.flatnonzero(in_val))
