@@ -1,0 +1,34 @@
+"""Embedding networks: the paper's heads on timm backbones, and a small CNN for CPU runs.
+
+Every model maps images to L2-normalised ``(N, embedding_size)`` embeddings. Imports are lazy so that the
+small CNN does not need timm, and nothing here downloads weights (``pretrained_path`` reads a local file).
+"""
+
+from importlib import import_module
+
+_PUBLIC = {
+    "SmallConvNet": ".small_cnn",
+    "ResNet50GeM": ".resnet",
+    "ViTEmbedder": ".vit",
+    "GeM": ".heads",
+    "EmbeddingHead": ".heads",
+    "build_model": ".registry",
+    "MODEL_NAMES": ".registry",
+}
+
+__all__ = sorted([*_PUBLIC, "transforms"])
+
+
+def __getattr__(name: str):
+    if name == "transforms":
+        value = import_module(".transforms", __name__)
+    elif name in _PUBLIC:
+        value = getattr(import_module(_PUBLIC[name], __name__), name)
+    else:
+        raise AttributeError(f"module 'pml_recallk.models' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
