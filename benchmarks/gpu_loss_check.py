@@ -1,0 +1,73 @@
+"""RS@k on a GPU under float16/bfloat16 autocast: the loss stays finite and equals its float32 value.
+
+    python benchmarks/gpu_loss_check.py --device cuda [--batch 4000]
+
+Three checks at B = 4000 (1000 classes × 4, d = 512):
+  1. float32 embeddings, loss called inside `torch.autocast(float16)`: equal to the float32 loss (1e-4).
+  2. a Linear layer run under autocast(float16) gives float16 embeddings; the loss of those (upcast inside) equals the
+     float32 loss of the same float16 values (1e-4), is finite, and its gradient is finite.
+  3. the same with bfloat16.
+Prints JSON; writes it to $OUT/gpu_loss_check.json when OUT is set.
+"""
+
+import argparse
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+
+from pml_recallk import RecallKSurrogateLoss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--batch", type=int, default=4000)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    labels = torch.arange(args.batch // 4, device=device).repeat_interleave(4)
+    centres = torch.randn(args.batch // 4, 512, device=device)
+    inputs = centres[labels] + 2.0 * torch.randn(args.batch, 512, device=device)
+    loss_fn = RecallKSurrogateLoss()
+    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "batch": args.batch}
+
+    emb32 = F.normalize(inputs, dim=1)
+    reference = loss_fn(emb32, labels).item()
+    with torch.autocast(device.type, dtype=torch.float16):
+        inside = loss_fn(emb32, labels)
+    results["float32_embeddings_under_fp16_autocast"] = {
+        "loss": inside.item(),
+        "float32_loss": reference,
+        "dtype": str(inside.dtype),
+        "abs_diff": abs(inside.item() - reference),
+        "ok": abs(inside.item() - reference) <= 1e-4,
+    }
+
+    for dtype in (torch.float16, torch.bfloat16):
+        layer = torch.nn.Linear(512, 512, device=device)
+        with torch.autocast(device.type, dtype=dtype):
+            emb = layer(inputs)
+            loss = loss_fn(emb, labels)
+        loss.backward()
+        same_values = loss_fn(emb.detach().float(), labels).item()
+        grads_finite = all(torch.isfinite(p.grad).all().item() for p in layer.parameters())
+        results[f"{dtype}_embeddings"] = {
+            "embedding_dtype": str(emb.dtype),
+            "loss_dtype": str(loss.dtype),
+            "loss": loss.item(),
+            "float32_loss_of_same_values": same_values,
+            "abs_diff": abs(loss.item() - same_values),
+            "finite_loss_and_grads": bool(torch.isfinite(loss).item() and grads_finite),
+            "ok": abs(loss.item() - same_values) <= 1e-4 and grads_finite,
+        }
+    text = json.dumps(results, indent=1)
+    print(text)
+    if os.environ.get("OUT"):
+        with open(os.path.join(os.environ["OUT"], "gpu_loss_check.json"), "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
