@@ -35,13 +35,15 @@ __all__ = [
     "default_query_chunk_size",
 ]
 
-# Elements of one |Q|×|P|×N sigmoid tensor per chunk when the chunk size is chosen automatically (32 MB in float32).
-_DEFAULT_CHUNK_ELEMENTS = 1 << 23
+# Elements of one |Q|×|P|×N sigmoid tensor per chunk when the chunk size is chosen automatically: small enough to stay
+# in a CPU's cache (8 MB in float32), large enough on a GPU (64 MB) that kernel launches do not dominate.
+_DEFAULT_CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 24}
 
 
-def default_query_chunk_size(num_positives: int, database_size: int) -> int:
-    """Queries per chunk so that one chunk's |Q|×|P|×N tensor has about 8 M elements."""
-    return max(1, _DEFAULT_CHUNK_ELEMENTS // max(1, num_positives * database_size))
+def default_query_chunk_size(num_positives: int, database_size: int, device: torch.device | str = "cpu") -> int:
+    """Queries per chunk so that one chunk's |Q|×|P|×N tensor has about 2 M (CPU) or 16 M (GPU) elements."""
+    budget = _DEFAULT_CHUNK_ELEMENTS.get(torch.device(device).type, _DEFAULT_CHUNK_ELEMENTS["cuda"])
+    return max(1, budget // max(1, num_positives * database_size))
 
 
 def _excluded_columns(
@@ -106,19 +108,17 @@ def build_positive_index(
     return positive_index, positive_valid
 
 
-def _chunk_sigmoids(sim, positive_index, rank_temperature):
-    """σ((s_z − s_p)/τ) for a chunk: (Q, P, N), and the positives' similarities (Q, P)."""
-    positive_sim = sim.gather(1, positive_index)
-    scaled = (sim[:, None, :] - positive_sim[:, :, None]).mul_(1.0 / rank_temperature)
-    return scaled.sigmoid_(), positive_sim
+def _chunk_sigmoids(scaled_sim, positive_index):
+    """σ(s_z/τ − s_p/τ) for a chunk of similarities already divided by τ: (Q, P, N), and the positives' (Q, P)."""
+    positive_sim = scaled_sim.gather(1, positive_index)
+    return (scaled_sim[:, None, :] - positive_sim[:, :, None]).sigmoid_(), positive_sim
 
 
-def _excluded_sigmoids(sim, positive_sim, excluded, rank_temperature):
-    """σ((s_x − s_p)/τ) for the excluded columns x of a chunk: (Q, P, X), zero where x is padding."""
-    valid = excluded >= 0
-    excluded_sim = sim.gather(1, excluded.clamp(min=0))
-    sig = ((excluded_sim[:, None, :] - positive_sim[:, :, None]) / rank_temperature).sigmoid()
-    return sig * valid[:, None, :]
+def _excluded_sigmoids(scaled_sim, positive_sim, excluded):
+    """σ(s_x/τ − s_p/τ) for the excluded columns x of a chunk: (Q, P, X), zero where x is padding."""
+    excluded_sim = scaled_sim.gather(1, excluded.clamp(min=0))
+    sig = (excluded_sim[:, None, :] - positive_sim[:, :, None]).sigmoid()
+    return sig * (excluded >= 0)[:, None, :]
 
 
 class _SoftRanks(torch.autograd.Function):
@@ -134,11 +134,12 @@ class _SoftRanks(torch.autograd.Function):
         ranks = sim.new_empty(positive_index.shape)
         for start in range(0, len(sim), chunk_size):
             rows = slice(start, start + chunk_size)
-            sig, positive_sim = _chunk_sigmoids(sim[rows], positive_index[rows], rank_temperature)
+            scaled = sim[rows] / rank_temperature
+            sig, positive_sim = _chunk_sigmoids(scaled, positive_index[rows])
             total = sig.sum(2)
             del sig
             if excluded is not None:
-                total -= _excluded_sigmoids(sim[rows], positive_sim, excluded[rows], rank_temperature).sum(2)
+                total -= _excluded_sigmoids(scaled, positive_sim, excluded[rows]).sum(2)
             ranks[rows] = total + 0.5
         ranks.masked_fill_(~positive_valid, 0.0)
         ctx.save_for_backward(sim, positive_index, positive_valid, excluded)
@@ -155,15 +156,18 @@ class _SoftRanks(torch.autograd.Function):
         weight = grad_ranks.masked_fill(~positive_valid, 0.0) / tau
         for start in range(0, len(sim), chunk_size):
             rows = slice(start, start + chunk_size)
-            sig, positive_sim = _chunk_sigmoids(sim[rows], positive_index[rows], tau)
-            w = sig.sub_(sig * sig).mul_(weight[rows, :, None])  # σ(1 − σ) · g_p / τ, in place
+            scaled = sim[rows] / tau
+            sig, positive_sim = _chunk_sigmoids(scaled, positive_index[rows])
+            # g_p/τ · σ(1 − σ) in one fused pass (the kernel autograd uses for sigmoid).
+            w = torch.ops.aten.sigmoid_backward(weight[rows, :, None].expand_as(sig), sig)
+            del sig
             grad_sim[rows] = w.sum(1)
             grad_positive = -w.sum(2)
-            del sig, w
+            del w
             if excluded is not None:
                 cols = excluded[rows]
-                sig_x = _excluded_sigmoids(sim[rows], positive_sim, cols, tau)
-                w_x = (sig_x - sig_x * sig_x) * weight[rows, :, None]
+                sig_x = _excluded_sigmoids(scaled, positive_sim, cols)
+                w_x = sig_x * (1 - sig_x) * weight[rows, :, None]
                 grad_sim[rows].scatter_add_(1, cols.clamp(min=0), -w_x.sum(1))
                 grad_positive += w_x.sum(2)
             grad_sim[rows].scatter_add_(1, positive_index[rows], grad_positive)
@@ -187,7 +191,7 @@ def soft_ranks(
     """
     excluded = _excluded_columns(len(sim), self_index, excluded_index, not count_query_in_rank, sim.device)
     if query_chunk_size is None:
-        query_chunk_size = default_query_chunk_size(positive_index.shape[1], sim.shape[1])
+        query_chunk_size = default_query_chunk_size(positive_index.shape[1], sim.shape[1], sim.device)
     return _SoftRanks.apply(
         sim, positive_index, positive_valid, excluded, float(rank_temperature), int(query_chunk_size)
     )
