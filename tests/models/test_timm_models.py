@@ -151,6 +151,7 @@ def test_vit_embeds_the_cls_token(vit_b32):
     assert vit_b32.head.norm.normalized_shape == (768,)
 
 
+@pytest.mark.slow  # writes and reads a 350 MB checkpoint
 def test_vit_loads_its_own_backbone_weights(tmp_path, vit_b32):
     # A checkpoint whose names carry a "backbone." prefix (saved from this wrapper's trunk) loads too.
     path = tmp_path / "vit.pth"
