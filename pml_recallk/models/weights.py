@@ -21,7 +21,12 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError(f"pretrained_path {path} is not a readable torch checkpoint ({error})") from error
+        # weights_only=True refuses pickled objects other than tensors and containers (e.g. the argparse
+        # Namespace some training scripts store), because unpickling them can run code.
+        raise ValueError(
+            f"pretrained_path {path} could not be read as a torch checkpoint of tensors ({error}); "
+            "re-save just the state dict with torch.save(model.state_dict(), path)"
+        ) from error
     while isinstance(checkpoint, Mapping):
         wrapped = next((key for key in _WRAPPER_KEYS if isinstance(checkpoint.get(key), Mapping)), None)
         if wrapped is None:
