@@ -1,0 +1,178 @@
+"""PML's MetricLossOnly trainer with very large batches: gradients through the gradient cache."""
+
+from __future__ import annotations
+
+import torch
+from pytorch_metric_learning.trainers import MetricLossOnly
+from pytorch_metric_learning.utils import common_functions as c_f
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .gradient_cache import cached_backward, check_amp_supported, check_chunk_size
+
+BATCHNORM_POLICIES = ("freeze", "no_double_update")
+
+
+class MemoryEfficientTrainer(MetricLossOnly):
+    """``MetricLossOnly`` whose step back-propagates the batch through ``cached_backward``.
+
+    The batch of ``batch_size`` inputs is embedded in chunks of ``chunk_size``, so the peak activation
+    memory is that of one chunk while the gradient is exactly that of the whole batch (SPEC §4). Each
+    step: embed all chunks without grad → mine (``tuple_miner``) on the detached embeddings → weighted
+    sum of the losses → ``G = ∂total_loss/∂E`` → re-embed each chunk with grad and back-propagate its rows
+    of ``G`` → (AMP: unscale) → gradient clippers → optimizers. The rest of PML's trainer is unchanged:
+    ``trunk``/``embedder``, optimizers, lr schedulers, gradient clippers, loss weights, samplers, hooks
+    and ``HookContainer``.
+
+    Args:
+        *args, **kwargs: those of PML's ``MetricLossOnly`` (``models``, ``optimizers``, ``batch_size``,
+            ``loss_funcs``, ``dataset``, ...).
+        chunk_size: inputs per forward pass; the peak activation memory is that of this many inputs.
+        amp: None, ``torch.float16`` or ``torch.bfloat16``: forwards under ``torch.autocast`` on the
+            device of ``data_device``, the loss in float32. ``torch.float16`` also creates
+            ``self.grad_scaler`` (a ``torch.amp.GradScaler``, on CUDA or CPU), which scales the cached
+            gradient, is unscaled before the gradient clippers and skips steps whose gradients overflow.
+            The scaler is not saved by ``HookContainer``.
+        batchnorm: ``"freeze"`` (default, as in the paper): every BatchNorm of the trunk and embedder is in
+            eval mode during training: running statistics fixed, affine parameters still trained; the
+            gradient is then that of the unchunked batch. ``"no_double_update"``: BatchNorm trains and
+            normalises each chunk by the chunk's own statistics, and its running statistics are updated
+            once per chunk per step (not again in the second pass).
+        stop_on_nan: a NaN or infinite total loss raises ``FloatingPointError`` naming the epoch and
+            iteration before any optimizer step (True), or skips that step with a warning (False).
+        progress_bar: show a progress bar over the chunks of each step.
+
+    Example::
+
+        trainer = MemoryEfficientTrainer(
+            models={"trunk": trunk}, optimizers={"trunk_optimizer": optimizer}, batch_size=4000,
+            loss_funcs={"metric_loss": RecallKSurrogateLoss()}, dataset=train_set,
+            sampler=MPerClassSampler(train_set.labels, m=4, batch_size=4000), chunk_size=200,
+            amp=torch.bfloat16,
+        )
+        trainer.train(num_epochs=10)
+    """
+
+    def __init__(
+        self,
+        *args,
+        chunk_size: int = 128,
+        amp: torch.dtype | None = None,
+        batchnorm: str = "freeze",
+        stop_on_nan: bool = True,
+        progress_bar: bool = False,
+        **kwargs,
+    ):
+        check_chunk_size(chunk_size)
+        if batchnorm not in BATCHNORM_POLICIES:
+            raise ValueError(f"batchnorm must be one of {BATCHNORM_POLICIES}; got {batchnorm!r}")
+        self.chunk_size = chunk_size
+        self.amp = amp
+        self.batchnorm = batchnorm
+        self.stop_on_nan = stop_on_nan
+        self.progress_bar = progress_bar
+        super().__init__(*args, **kwargs)
+        device_type = torch.device(self.data_device).type
+        self.grad_scaler = None
+        if amp is not None:
+            check_amp_supported(device_type, amp)
+            if amp == torch.float16:
+                self.grad_scaler = torch.amp.GradScaler(device_type)
+
+    def forward_and_backward(self):
+        self.zero_losses()
+        self.zero_grad()
+        self.update_loss_weights()
+        # Both passes of the gradient cache: fills self.losses (weighted, with total_loss) and every .grad.
+        self.calculate_loss(self.get_batch())
+        if not torch.isfinite(torch.as_tensor(self.losses["total_loss"])):
+            c_f.LOGGER.warning("%s; skipping this step", self._describe_nonfinite_loss())
+            return
+        self.clip_gradients()
+        self.step_optimizers()
+
+    def calculate_loss(self, curr_batch):
+        data, labels = curr_batch
+        try:
+            cached_backward(
+                _EmbeddingModel(self),
+                data,
+                labels,
+                self.compute_total_loss,
+                self.chunk_size,
+                self.grad_scaler,
+                amp=self.amp,
+                stop_on_nan=self.stop_on_nan,
+                progress_bar=self.progress_bar,
+            )
+        except FloatingPointError as error:
+            raise FloatingPointError(
+                f"{self._describe_nonfinite_loss()}; no optimizer step was taken. Pass stop_on_nan=False "
+                "to skip such steps instead."
+            ) from error
+        # The graph of the loss is spent; keep the values only (they are logged and printed).
+        for name, value in self.losses.items():
+            if isinstance(value, torch.Tensor):
+                self.losses[name] = value.detach()
+
+    def compute_total_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The weighted total loss of a whole batch of (leaf) embeddings, recorded in ``self.losses``."""
+        indices_tuple = self.maybe_mine_embeddings(embeddings, labels)
+        self.losses["metric_loss"] = self.maybe_get_metric_loss(embeddings, labels, indices_tuple)
+        self.loss_tracker.update(self.loss_weights)
+        return self.losses["total_loss"]
+
+    def backward(self):
+        """Nothing to do: ``calculate_loss`` already back-propagated (two passes need the loss in between)."""
+
+    def clip_gradients(self):
+        if self.grad_scaler is not None:
+            for optimizer in self._optimizers_to_step():
+                self.grad_scaler.unscale_(optimizer)
+        super().clip_gradients()
+
+    def step_optimizers(self):
+        if self.grad_scaler is None:
+            super().step_optimizers()
+            return
+        for optimizer in self._optimizers_to_step():
+            self.grad_scaler.step(optimizer)
+        self.grad_scaler.update()
+
+    def set_to_train(self):
+        super().set_to_train()
+        if self.batchnorm == "freeze":
+            for model in self.models.values():
+                model.apply(_set_batchnorm_to_eval)
+
+    def _optimizers_to_step(self) -> list[torch.optim.Optimizer]:
+        # The same rule as BaseTrainer.step_optimizers: frozen models' optimizers do not step.
+        return [
+            optimizer
+            for name, optimizer in self.optimizers.items()
+            if c_f.regex_replace("_optimizer$", "", name) not in self.freeze_these
+        ]
+
+    def _describe_nonfinite_loss(self) -> str:
+        return (
+            f"total_loss is {float(self.losses['total_loss'])} at epoch {getattr(self, 'epoch', '?')}, "
+            f"iteration {getattr(self, 'iteration', '?')}"
+        )
+
+
+class _EmbeddingModel(nn.Module):
+    """The trainer's ``compute_embeddings`` as a module, so that ``cached_backward`` sees its models
+    (their device, BatchNorm layers and DDP wrappers) and subclasses' overrides still apply."""
+
+    def __init__(self, trainer: MemoryEfficientTrainer):
+        super().__init__()
+        self.models = nn.ModuleDict(trainer.models)
+        self.compute_embeddings = trainer.compute_embeddings
+
+    def forward(self, data: torch.Tensor) -> torch.Tensor:
+        return self.compute_embeddings(data)
+
+
+def _set_batchnorm_to_eval(module: nn.Module) -> None:
+    if isinstance(module, _BatchNorm):
+        module.eval()
