@@ -84,7 +84,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "train_split": Field("str", "train", "split to train on (its classes also give the validation part)"),
         "test_splits": Field("list[str]", ["test"], "splits to report, each evaluated on its own"),
         "image_size": Field("int", 32, "side of the (square) network input in pixels", minimum=8),
-        "batch_size": Field("int", 320, "images per batch (classes per batch × samples_per_class)", minimum=1),
+        "batch_size": Field(
+            "int", 0, "images per batch, classes × samples_per_class (0 = every training class once)", minimum=0
+        ),
         "samples_per_class": Field("int", 4, "images of each class in a batch (MPerClassSampler's m)", minimum=1),
         "num_workers": Field("int", 0, "data-loader worker processes (training and evaluation)", minimum=0),
         "val_fraction": Field("float", 0.2, "fraction of the training classes held out to choose the best epoch"),
@@ -95,7 +97,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "crop_scale": Field("list[float]", [0.5, 1.0], "RandomResizedCrop area range of the training augmentation"),
         # Off for characters, which a mirror turns into other characters (or none).
         "flip": Field("bool", False, "random horizontal flips in the training augmentation"),
-        "glyphs_cache_dir": Field("str", "", 'where Glyphs caches its rendered images ("" = its default)'),
+        "glyphs_font_dirs": Field("list[str]", [], "glyphs: font folders to render from ([] = matplotlib's fonts)"),
+        "glyphs_cache_dir": Field("str", "", 'glyphs: where rendered images are cached ("" = Glyphs\' default)'),
     },
     "model": {
         "name": Field("str", "small_cnn", "embedding network", choices=MODELS),
@@ -108,8 +111,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "optimizer": Field("str", "adam", "optimiser (sgd uses momentum 0.9)", choices=OPTIMIZERS),
         "lr": Field("float", 1e-3, "learning rate", minimum=0.0),
         "weight_decay": Field("float", 0.0, "weight decay", minimum=0.0),
-        "epochs": Field("int", 8, "number of epochs", minimum=1),
-        "iterations_per_epoch": Field("int", 12, "optimiser steps per epoch (0 = one pass over the data)", minimum=0),
+        "epochs": Field("int", 6, "number of epochs", minimum=1),
+        "iterations_per_epoch": Field("int", 10, "optimiser steps per epoch (0 = one pass over the data)", minimum=0),
         "lr_milestones": Field("list[int]", [], "epochs after which the learning rate is multiplied by lr_gamma"),
         "lr_gamma": Field("float", 0.3, "learning-rate decay factor at each milestone", minimum=0.0),
         "chunk_size": Field(
@@ -246,6 +249,19 @@ def _unknown_key_message(key: str, candidates: Iterable[str], what: str = "key")
     return f"unknown config {what} {key!r}{hint}"
 
 
+def _unknown_dotted_key_message(key: str) -> str:
+    """Suggest keys of the same table with a similar name, then same-named keys of other tables (a key that
+    lives elsewhere, e.g. train.batch_size → data.batch_size), then any similar key."""
+    table, _, name = key.partition(".")
+    close = []
+    if table in SCHEMA:
+        close = [f"{table}.{k}" for k in difflib.get_close_matches(name, list(SCHEMA[table]), n=3, cutoff=0.75)]
+    close += [f"{t}.{name}" for t in SCHEMA if t != table and name in SCHEMA[t]]
+    if not close:
+        return _unknown_key_message(key, _all_keys())
+    return f"unknown config key {key!r}; did you mean {' or '.join(close)}?"
+
+
 def _all_keys() -> list[str]:
     return [f"{table}.{key}" for table, fields in SCHEMA.items() for key in fields]
 
@@ -254,7 +270,7 @@ def _field(key: str) -> Field:
     table, _, name = key.partition(".")
     if table in SCHEMA and name in SCHEMA[table]:
         return SCHEMA[table][name]
-    raise ConfigError(_unknown_key_message(key, _all_keys()))
+    raise ConfigError(_unknown_dotted_key_message(key))
 
 
 def _check_type(key: str, value: Any, kind: str, source: str) -> Any:
@@ -325,7 +341,7 @@ def merge_config(
             key = f"{table}.{name}"
             field = SCHEMA[table].get(name)
             if field is None:
-                raise ConfigError(f"{source}: " + _unknown_key_message(key, _all_keys()))
+                raise ConfigError(f"{source}: " + _unknown_dotted_key_message(key))
             merged[table][name] = _check_type(key, value, field.kind, source)
     return merged
 
@@ -410,7 +426,7 @@ def validate_config(config: Mapping[str, Mapping[str, Any]]) -> None:
     if loss["rank_temperature"] <= 0:
         raise ConfigError(f"loss.rank_temperature must be positive, got {loss['rank_temperature']}")
     m, batch = data["samples_per_class"], data["batch_size"]
-    if batch % m != 0 or batch < 2 * m:
+    if batch != 0 and (batch % m != 0 or batch < 2 * m):
         raise ConfigError(
             f"data.batch_size ({batch}) must be a multiple of data.samples_per_class ({m}) holding at least two classes"
         )

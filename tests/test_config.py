@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from pml_recallk.config import (
     DATASETS,
@@ -20,6 +20,11 @@ from pml_recallk.config import (
     resolve_config,
     validate_config,
 )
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
 BENCHMARKS = [d for d in DATASETS if d != "glyphs"]
@@ -326,3 +331,8 @@ def test_variant_lies_over_the_file_and_under_the_overrides(tmp_path):
     assert vit["train"]["epochs"] == 2
     tuned = resolve_config(config_file=path, overrides=["model.name=vit_b16", "train.lr=0.125"])
     assert tuned["train"]["lr"] == 0.125  # an override beats every variant
+
+
+def test_batch_size_zero_means_every_training_class():
+    assert default_config()["data"]["batch_size"] == 0  # the glyph job: all classes × 4 in every batch
+    validate_config(resolve_config(overrides=["data.batch_size=0"]))

@@ -1,0 +1,233 @@
+"""The ``pml-recallk`` command: one-line errors with exit status 2, train / evaluate / config, and --resume.
+
+The resume tests interrupt a tiny run after its first epoch (a simulated crash with ``--stop-after-epoch``, and
+a real SIGKILL) and check that resuming ends with exactly the weights and numbers of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import pytest
+import torch
+
+from pml_recallk.cli import main
+from pml_recallk.config import default_config
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+TINY = [
+    "data.image_size=16",
+    "data.max_classes=10",
+    "data.batch_size=16",
+    "train.iterations_per_epoch=2",
+    "train.epochs=3",
+    "eval.batch_size=64",
+    "model.width=4",
+    "model.embedding_size=16",
+]
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pml_recallk.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_args(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("glyph-cache")
+    args = []
+    for override in [*TINY, f"data.glyphs_cache_dir={json.dumps(str(cache))}"]:
+        args += ["--set", override]
+    return args
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_args, tmp_path_factory):
+    """A tiny run in this process (subprocesses are kept for what needs one: a crash, a kill)."""
+    output = tmp_path_factory.mktemp("uninterrupted")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        status = main(["train", "--output-dir", str(output), *tiny_args])
+    assert status == 0, stderr.getvalue()
+    return output, stdout.getvalue()
+
+
+def one_error_line(capsys, argv: list[str]) -> str:
+    status = main(argv)
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert status == 2, captured
+    assert len(lines) == 1 and lines[0].startswith("pml-recallk: error: "), captured.err
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------- user mistakes
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "the following arguments are required: COMMAND"),
+        (["fly"], "invalid choice: 'fly'"),
+        (["train", "--dataset", "imagenet"], "argument --dataset: invalid choice: 'imagenet'"),
+        (["train", "--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
+        (["train", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["train", "--dataset", "cub"], "the cub dataset needs its folder: pass --data-root PATH"),
+        (["train", "--dataset", "cub", "--data-root", "/no/such/folder"], "data root '/no/such/folder' of cub"),
+        (["train", "--set", "train.epoch=3"], "unknown config key 'train.epoch'; did you mean train.epochs?"),
+        (["train", "--set", "train.epochs=abc"], "train.epochs must be int, got 'abc'"),
+        (["train", "--set", "train.epochs"], "must look like table.key=value"),
+        (["train", "--epochs", "0"], "train.epochs must be at least 1"),
+        (["train", "--batch-size", "30"], "must be a multiple of data.samples_per_class"),
+        (["train", "--device", "tpu"], "train.device must be auto, cpu"),
+        (["train", "--config", "/no/such.toml"], "config file '/no/such.toml' does not exist"),
+        (["train", "--resume"], "--resume needs the --output-dir"),
+        (["evaluate"], "the following arguments are required: --checkpoint"),
+        (["evaluate", "--checkpoint", "/no/such.pt"], "checkpoint '/no/such.pt' does not exist"),
+        (["config", "--set", "loss.k_values=[0]"], "loss.k_values must be a non-empty list"),
+    ],
+)
+def test_user_mistakes_are_one_line_and_exit_2(capsys, argv, message):
+    assert message in one_error_line(capsys, argv)
+
+
+def test_bad_config_file_key_names_the_file(capsys, tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text("[train]\nepocs = 3\n")
+    line = one_error_line(capsys, ["train", "--config", str(path)])
+    assert "mine.toml" in line and "did you mean train.epochs" in line
+
+
+def test_benchmark_forwards_its_arguments_to_the_runner(capsys, monkeypatch):
+    received = []
+    runner = types.ModuleType("pml_recallk.benchmark")
+    runner.main = lambda argv: received.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "pml_recallk.benchmark", runner)
+    assert main(["benchmark", "--losses", "rsk", "--help"]) == 0
+    assert received == [["--losses", "rsk", "--help"]]
+
+
+def test_benchmark_without_the_runner_is_a_clear_error(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pml_recallk.benchmark", None)  # import fails as if the module were absent
+    assert "benchmark runner" in one_error_line(capsys, ["benchmark"])
+
+
+def test_help_exits_0(capsys):
+    assert main(["train", "--help"]) == 0
+    assert "--output-dir" in capsys.readouterr().out
+
+
+def test_config_prints_the_resolved_config(capsys):
+    assert main(["config", "--set", "train.epochs=5"]) == 0
+    printed = tomllib.loads(capsys.readouterr().out)
+    expected = default_config()
+    expected["train"]["epochs"] = 5
+    assert printed == expected
+
+
+def test_convenience_flags_win_over_set(capsys, tmp_path):
+    assert main(["config", "--set", "train.epochs=5", "--epochs", "7", "--dataset", "cub", "--data-root", "/d"]) == 0
+    printed = tomllib.loads(capsys.readouterr().out)
+    assert printed["train"]["epochs"] == 7 and printed["data"]["root"] == "/d"
+    assert printed["data"]["batch_size"] == 400  # the cub recipe
+
+
+# ------------------------------------------------------------------------------------------ train
+
+
+def test_train_prints_untrained_and_trained_recall(uninterrupted):
+    output, stdout = uninterrupted
+    results = json.loads((output / "results.json").read_text())
+    assert "untrained" in stdout and "trained" in stdout
+    for k in (1, 2, 4, 8):
+        line = next(line for line in stdout.splitlines() if line.startswith(f"Recall@{k} "))
+        untrained, trained = map(float, line.split()[1:])
+        assert untrained == pytest.approx(results["untrained"][f"recall_at_{k}"], abs=5e-5)
+        assert trained == pytest.approx(results["trained"][f"recall_at_{k}"], abs=5e-5)
+
+
+def test_evaluate_reports_the_saved_model(uninterrupted, tmp_path, capsys):
+    output, _ = uninterrupted
+    results = json.loads((output / "results.json").read_text())
+    written = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(output / "checkpoints" / "best.pt"), "--output", str(written)]) == 0
+    assert json.loads(written.read_text())["test"] == pytest.approx(results["trained"], abs=1e-6)
+    assert "Recall@1" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+
+def assert_same_run(expected_dir, resumed_dir):
+    expected = json.loads((expected_dir / "results.json").read_text())
+    resumed = json.loads((resumed_dir / "results.json").read_text())
+    for key in ("untrained", "trained", "best_epoch", "best_val", "epochs_run"):
+        assert resumed[key] == expected[key], key
+    for name in ("best.pt", "last.pt"):
+        a = torch.load(expected_dir / "checkpoints" / name, weights_only=True)
+        b = torch.load(resumed_dir / "checkpoints" / name, weights_only=True)
+        assert a["epoch"] == b["epoch"]
+        for key, tensor in a["model"].items():
+            assert torch.equal(tensor, b["model"][key]), (name, key)
+    a = torch.load(expected_dir / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(resumed_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert a["history"]["loss"] == b["history"]["loss"]
+    assert a["history"]["val"] == b["history"]["val"]
+
+
+def test_resume_after_a_crash_ends_like_an_uninterrupted_run(uninterrupted, tiny_args, tmp_path, capsys):
+    expected_dir, _ = uninterrupted
+    crashed = run_cli("train", "--output-dir", str(tmp_path), *tiny_args, "--stop-after-epoch", "1")
+    assert crashed.returncode == 3, crashed.stderr
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    assert not (tmp_path / "results.json").exists()
+
+    assert "pass --resume" in one_error_line(capsys, ["train", "--output-dir", str(tmp_path), *tiny_args])
+
+    # --resume alone: the config comes from the checkpoint.
+    assert main(["train", "--output-dir", str(tmp_path), "--resume"]) == 0
+    assert "resuming" in capsys.readouterr().err
+    assert_same_run(expected_dir, tmp_path)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_ends_like_an_uninterrupted_run(uninterrupted, tiny_args, tmp_path, capsys):
+    expected_dir, _ = uninterrupted
+    last = tmp_path / "checkpoints" / "last.pt"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pml_recallk.cli", "train", "--output-dir", str(tmp_path), *tiny_args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_after = torch.load(last, weights_only=True)["epoch"]
+    assert killed_after < 3
+    assert main(["train", "--output-dir", str(tmp_path), *tiny_args, "--resume"]) == 0
+    assert f"after epoch {killed_after}" in capsys.readouterr().err
+    assert_same_run(expected_dir, tmp_path)
