@@ -108,7 +108,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "norm": Field("str", "batch", "small_cnn: normalisation layers", choices=("batch", "group", "none")),
     },
     "train": {
-        "optimizer": Field("str", "adam", "optimiser (sgd uses momentum 0.9)", choices=OPTIMIZERS),
+        "optimizer": Field("str", "adam", "optimiser; sgd uses momentum 0.9", choices=OPTIMIZERS),
         "lr": Field("float", 1e-3, "learning rate", minimum=0.0),
         "weight_decay": Field("float", 0.0, "weight decay", minimum=0.0),
         "epochs": Field("int", 6, "number of epochs", minimum=1),
