@@ -7,6 +7,7 @@ Three checks at B = 4000 (1000 classes × 4, d = 512):
   2. a Linear layer run under autocast(float16) gives float16 embeddings; the loss of those (upcast inside) equals the
      float32 loss of the same float16 values (1e-4), is finite, and its gradient is finite.
   3. the same with bfloat16.
+  4. loss and gradient on the device (float32) equal a float64 CPU computation of the same inputs (B = 400).
 Prints JSON; writes it to $OUT/gpu_loss_check.json when OUT is set.
 """
 
@@ -62,6 +63,20 @@ def main() -> None:
             "finite_loss_and_grads": bool(torch.isfinite(loss).item() and grads_finite),
             "ok": abs(loss.item() - same_values) <= 1e-4 and grads_finite,
         }
+    small = inputs[:400].double().cpu()
+    small_labels = labels[:400].cpu()
+    e64 = small.clone().requires_grad_(True)
+    loss64 = loss_fn(e64, small_labels)
+    loss64.backward()
+    e32 = small.float().to(device).requires_grad_(True)
+    loss32 = loss_fn(e32, small_labels.to(device))
+    loss32.backward()
+    grad_err = ((e32.grad.double().cpu() - e64.grad).abs().max() / e64.grad.abs().max()).item()
+    results["device_float32_vs_cpu_float64"] = {
+        "loss_abs_diff": abs(loss32.item() - loss64.item()),
+        "grad_max_rel_err": grad_err,
+        "ok": abs(loss32.item() - loss64.item()) <= 1e-4 and grad_err <= 1e-3,
+    }
     text = json.dumps(results, indent=1)
     print(text)
     if os.environ.get("OUT"):
