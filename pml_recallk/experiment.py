@@ -61,8 +61,9 @@ __all__ = [
 CHECKPOINT_FORMAT = "pml-recallk-checkpoint-v1"
 PRIMARY_METRIC = "recall_at_1"
 
-# Loader class of each benchmark in pml_recallk.datasets; its `splits` attribute lists train and test splits.
+# Dataset class of each data set in pml_recallk.datasets; its `splits` attribute lists the splits.
 _LOADERS = {
+    "glyphs": "Glyphs",
     "cub": "CUB200",
     "cars196": "Cars196",
     "sop": "StanfordOnlineProducts",
@@ -138,8 +139,6 @@ def _load_split(config: Mapping[str, Any], split: str) -> Dataset:
 
 
 def _available_splits(config: Mapping[str, Any]) -> tuple[str, ...]:
-    if config["data"]["dataset"] == "glyphs":
-        return ("train", "test")
     from . import datasets
 
     return tuple(getattr(datasets, _LOADERS[config["data"]["dataset"]]).splits)
@@ -504,16 +503,9 @@ def run_experiment(
     started = time.perf_counter()
     output_dir = Path(output_dir)
     state = _check_output_dir(output_dir, resume, config)
-    log(f"writing to {output_dir}")
     config = {table: dict(values) for table, values in config.items()}
     data_cfg, train_cfg, eval_cfg = config["data"], config["train"], config["eval"]
     device = _device(config)
-    checkpoints = output_dir / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    for stale in checkpoints.glob(".*.tmp"):  # left by a crash in the middle of save_atomic
-        stale.unlink()
-    (output_dir / "config.toml").write_text(dumps_toml(config, comments=True))
-
     _seed_everything(train_cfg["seed"], 0)
     log(f"loading {data_cfg['dataset']} ...")
     datasets = build_datasets(config)
@@ -532,6 +524,13 @@ def run_experiment(
         + ", ".join(f"{len(datasets[n])} {n} images" for n in test_names)
         + f"; {iterations} iterations of {batch_size} per epoch on {device}"
     )
+    # Only now that the data is known to load is the output folder made.
+    checkpoints = output_dir / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    for stale in checkpoints.glob(".*.tmp"):  # left by a crash in the middle of save_atomic
+        stale.unlink()
+    (output_dir / "config.toml").write_text(dumps_toml(config, comments=True))
+    log(f"writing to {output_dir}")
 
     model = build_model(config).to(device)
     loss = build_loss(config).to(device)

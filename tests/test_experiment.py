@@ -181,7 +181,8 @@ def test_unknown_split_is_a_clear_error(tiny_config):
 def test_a_batch_larger_than_the_classes_allow_is_a_clear_error(tiny_config, tmp_path):
     config = resolve_config(overrides=["data.batch_size=40"], base=tiny_config)
     with pytest.raises(ConfigError, match="asks for 10 classes per batch but the training part has 8 classes"):
-        run_experiment(config, tmp_path, log=quiet)
+        run_experiment(config, tmp_path / "run", log=quiet)
+    assert not (tmp_path / "run").exists()  # a run that cannot start leaves no folder behind
 
 
 def test_a_missing_benchmark_root_is_a_clear_error(tmp_path):
