@@ -115,6 +115,7 @@ class GlyphTable:
                     family_representative=self.family_representative,
                     dropped=np.array(json.dumps(self.dropped)),
                 )
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is shared like any other file
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
