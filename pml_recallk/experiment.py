@@ -51,6 +51,7 @@ __all__ = [
     "build_loss",
     "build_model",
     "build_optimizer",
+    "build_tester",
     "embed_and_evaluate",
     "evaluate_checkpoint",
     "load_checkpoint",
@@ -299,14 +300,19 @@ def _device(config: Mapping[str, Any]) -> torch.device:
 # -------------------------------------------------------------------------------------------- evaluation
 
 
-def _tester(config: Mapping[str, Any], device: torch.device, end_of_testing_hook=None):
+def build_tester(
+    config: Mapping[str, Any], device: torch.device | str, end_of_testing_hook=None, accuracy_calculator=None
+):
+    """PML's ``GlobalEmbeddingSpaceTester`` with ``eval.batch_size``, ``data.num_workers`` and
+    ``accuracy_calculator`` (default :func:`build_accuracy_calculator`); each split is evaluated against itself,
+    every item a query with the rest of its split as the database."""
     from pytorch_metric_learning.testers import GlobalEmbeddingSpaceTester
 
     return GlobalEmbeddingSpaceTester(
         batch_size=config["eval"]["batch_size"],
         dataloader_num_workers=config["data"]["num_workers"],
-        data_device=device,
-        accuracy_calculator=build_accuracy_calculator(config),
+        data_device=torch.device(device),
+        accuracy_calculator=accuracy_calculator or build_accuracy_calculator(config),
         end_of_testing_hook=end_of_testing_hook,
     )
 
@@ -326,7 +332,7 @@ def embed_and_evaluate(
     Uses PML's ``GlobalEmbeddingSpaceTester`` with :func:`build_accuracy_calculator`. Returns
     ``{split: {"recall_at_1": ..., ...}}``.
     """
-    tester = tester or _tester(config, next(model.parameters()).device)
+    tester = tester or build_tester(config, next(model.parameters()).device)
     tester.test(dict(datasets), epoch, model)
     return {split: _metrics_of(tester, split) for split in datasets}
 
@@ -551,7 +557,7 @@ def run_experiment(
     hooks = logging_presets.get_hook_container(
         record_keeper, primary_metric=PRIMARY_METRIC, validation_split_name="val", save_models=False, log_freq=1
     )
-    val_tester = _tester(config, device, end_of_testing_hook=hooks.end_of_testing_hook)
+    val_tester = build_tester(config, device, end_of_testing_hook=hooks.end_of_testing_hook)
     validate_and_record = hooks.end_of_epoch_hook(
         val_tester, {"val": datasets["val"]}, str(checkpoints), patience=eval_cfg["patience"] or None
     )
