@@ -227,8 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pml-recallk: interrupted (a training run continues with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2, already printed)
-        return exit_.code if isinstance(exit_.code, int) else EXIT_USER_ERROR
+    except SystemExit as exit_:  # argparse (--help: 0, a usage error: 2, already printed) or the runner's sys.exit
+        if exit_.code is None or isinstance(exit_.code, int):
+            return exit_.code or 0
+        print(exit_.code, file=sys.stderr)  # sys.exit("message") prints it and exits with 1
+        return 1
 
 
 if __name__ == "__main__":
