@@ -345,12 +345,15 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
     A crash at any moment leaves either the previous file or the new one, never a truncated one.
     """
-    path = Path(path)
+    _replace_atomically(Path(path), lambda f: torch.save(obj, f))
+
+
+def _replace_atomically(path: Path, write: Callable[[Any], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
@@ -663,7 +666,8 @@ def run_experiment(
         "device": str(device),
         "config": config,
     }
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    # Atomic too: a runner that finds results.json may take the run as finished.
+    _replace_atomically(output_dir / "results.json", lambda f: f.write((json.dumps(results, indent=2) + "\n").encode()))
     _plot(history, output_dir)
     return results
 
