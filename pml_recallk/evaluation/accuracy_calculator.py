@@ -85,6 +85,8 @@ class RecallAtKAccuracyCalculator(AccuracyCalculator):
         for name, k in self.recall_metrics.items():
             # PML discovers metrics through dir(self) in __init__, which lists instance attributes too.
             setattr(self, f"calculate_{name}", functools.partial(self._calculate_recall_at_k, k=k))
+        if isinstance(kwargs.get("device"), str):  # PML needs a torch.device (it reads device.type)
+            kwargs["device"] = torch.device(kwargs["device"])
         if kwargs.get("knn_func") is None:
             kwargs["knn_func"] = ChunkedKNN()
         if kwargs.get("kmeans_func") is None and not faiss_available():

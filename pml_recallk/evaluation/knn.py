@@ -17,6 +17,9 @@ from pytorch_metric_learning.utils import inference
 
 # One chunk's (queries × reference) score block is kept near this size when no chunk size is given.
 DEFAULT_CHUNK_BYTES = 128 * 2**20
+# faiss scans the reference in blocks itself, holding only (queries × k) results per call; it is much slower
+# per query on small calls, so it gets chunks of its own query block size (bounded by the same byte budget).
+FAISS_QUERY_BLOCK = 4096
 
 BACKENDS = ("auto", "torch", "faiss")
 
@@ -41,8 +44,9 @@ class ChunkedKNN:
             Euclidean distance of PML's default ``FaissKNN`` (``IndexFlatL2``), so both give the same
             neighbours. On L2-normalised embeddings (what PML's testers produce) this ranks exactly like
             ``CosineSimilarity()``.
-        query_chunk_size: queries per chunk. ``None`` picks it so that one chunk's score block is about
-            128 MiB (e.g. 554 queries against SOP's 60,502 references).
+        query_chunk_size: queries per chunk. ``None``: torch keeps one chunk's score block near 128 MiB
+            (554 queries against SOP's 60,502 references); faiss, which scans the reference in blocks itself,
+            searches 4096 queries per call (fewer if their k + 1 results would pass 128 MiB).
         backend: ``"torch"`` (matrix product + ``topk``, any device, any PML distance), ``"faiss"`` (a flat
             faiss index on the CPU; Lp distance with p = 2, or a dot-product/cosine similarity with
             power 1), or ``"auto"``: faiss when it is installed, the inputs are on the CPU and the
@@ -112,12 +116,20 @@ class ChunkedKNN:
         if k == 0 or len(query) == 0:
             return distances, indices
         search = self._make_search(reference)
-        chunk = self.query_chunk_size or max(1, DEFAULT_CHUNK_BYTES // (len(reference) * query.element_size()))
+        chunk = self.query_chunk_size or self.default_chunk_size(len(reference), k, self.uses_faiss(reference.device))
         for start in range(0, len(query), chunk):
             end = min(start + chunk, len(query))
             self_index = torch.arange(start, end, device=query.device) if ref_includes_query else None
             distances[start:end], indices[start:end] = search(query[start:end], k, self_index)
         return distances, indices
+
+    @staticmethod
+    def default_chunk_size(num_reference: int, k: int, uses_faiss: bool) -> int:
+        """Queries per chunk when ``query_chunk_size`` is None: about 128 MiB of scores (torch, float32) or
+        of k + 1 results (faiss: float32 + int64), and at most faiss's 4096-query block."""
+        if uses_faiss:
+            return max(1, min(FAISS_QUERY_BLOCK, DEFAULT_CHUNK_BYTES // ((k + 1) * 12)))
+        return max(1, DEFAULT_CHUNK_BYTES // (num_reference * 4))
 
     def uses_faiss(self, device: torch.device) -> bool:
         if self.backend == "faiss":

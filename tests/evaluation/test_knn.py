@@ -153,6 +153,20 @@ def test_default_chunk_keeps_the_block_near_128_mib():
     assert distance.blocks == [(512, 2**16), (512, 2**16), (176, 2**16)]
 
 
+@pytest.mark.parametrize(
+    "num_reference,k,uses_faiss,expected",
+    [
+        (60502, 1000, False, 554),  # 128 MiB / (60,502 × 4 bytes)
+        (136093, 32, False, 246),
+        (2**30, 1, False, 1),
+        (60502, 1000, True, 4096),  # faiss's own query block
+        (60502, 60501, True, 184),  # 128 MiB / (60,502 × 12 bytes of results)
+    ],
+)
+def test_default_chunk_size(num_reference, k, uses_faiss, expected):
+    assert ChunkedKNN.default_chunk_size(num_reference, k, uses_faiss) == expected
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_k_zero_and_empty_query(backend):
     x = random_embeddings(5)

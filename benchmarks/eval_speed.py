@@ -1,0 +1,263 @@
+"""Time and peak memory of Recall@{1,10,100,1000} on SOP-sized synthetic embeddings, against PML's calculator.
+
+Every configuration runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its own; "extra"
+is that peak minus the resident memory just before ``get_accuracy`` is called (Python, torch, faiss and the
+embeddings already loaded). One timed call per configuration (a full SOP evaluation is a minute of CPU); ratios
+are taken against PML's faiss path in the same run.
+
+    python benchmarks/eval_speed.py                                   # SOP size, then a 10,000-item set
+    python benchmarks/eval_speed.py --sizes 3000:560 --out /tmp/eval  # smoke test
+
+Data: L2-normalised class centre + Gaussian noise, 512-d, SOP-like class sizes (2 to 12 per class, 11,316
+classes for 60,502 items), leave-one-out evaluation (every item queries all the others), as on SOP.
+
+Configurations:
+    pml_default          PML AccuracyCalculator(include=(precision_at_1, MAP@R)) with its defaults: FaissKNN
+                         and k=None, i.e. every query ranks the whole set (N × N results). Skipped when the
+                         estimated memory exceeds --max-gb.
+    pml_max_bin_count    the same with k="max_bin_count", PML's documented fix for large sets (issues #353, #566)
+    ours_faiss           RecallAtKAccuracyCalculator(recall_at_{1,10,100,1000}), ChunkedKNN(backend="faiss")
+    ours_torch           the same with ChunkedKNN(backend="torch"): no faiss needed
+    ours_torch_with_pml  ours_torch also computing precision_at_1 and MAP@R (PML's metrics, PML's values)
+    ours_pml_faissknn    ours with PML's FaissKNN() as knn_func: the whole (N, 1001) search at once
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+K_VALUES = (1, 10, 100, 1000)
+CONFIGS = ("pml_default", "pml_max_bin_count", "ours_faiss", "ours_torch", "ours_torch_with_pml", "ours_pml_faissknn")
+BASELINE = "pml_max_bin_count"
+PML_METRICS = ("precision_at_1", "mean_average_precision_at_r")
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds() -> float:
+    """User + system time of this process, all threads: less disturbed than wall time on a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def sop_like_labels(num_items: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Class sizes between 2 and 12 (SOP's range) summing to num_items, in a shuffled order."""
+    if not 2 * num_classes <= num_items <= 12 * num_classes:
+        raise ValueError("need 2 to 12 items per class")
+    sizes = np.full(num_classes, 2)
+    extra = num_items - sizes.sum()
+    while extra > 0:  # spread the rest at random, never above 12
+        room = np.flatnonzero(sizes < 12)
+        picked = rng.choice(room, size=min(extra, len(room)), replace=False)
+        sizes[picked] += 1
+        extra -= len(picked)
+    labels = np.repeat(np.arange(num_classes), sizes)
+    return labels[rng.permutation(num_items)]
+
+
+def make_data(num_items: int, num_classes: int, dim: int, seed: int, folder: Path) -> None:
+    rng = np.random.default_rng(seed)
+    labels = sop_like_labels(num_items, num_classes, rng)
+    centres = rng.standard_normal((num_classes, dim), dtype=np.float32)
+    embeddings = centres[labels]
+    embeddings += 2.25 * rng.standard_normal((num_items, dim), dtype=np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    np.save(folder / "embeddings.npy", embeddings)
+    np.save(folder / "labels.npy", labels)
+
+
+def estimated_pml_default_gb(num_items: int) -> float:
+    # FaissKNN's (N, N) float32 + int64 results, the copies made removing the query, the (N, N) float32
+    # labels, and MAP@R's float64 (N, N) intermediates: about 40 bytes per (query, neighbour) pair.
+    return num_items * (num_items - 1) * 40 / 2**30
+
+
+def build_calculator(config: str):
+    import torch
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.inference import FaissKNN
+
+    from pml_recallk import RecallAtKAccuracyCalculator
+    from pml_recallk.evaluation import ChunkedKNN
+
+    recall = tuple(f"recall_at_{k}" for k in K_VALUES)
+    if config == "pml_default":
+        return AccuracyCalculator(include=PML_METRICS, device=torch.device("cpu"))
+    if config == "pml_max_bin_count":
+        return AccuracyCalculator(include=PML_METRICS, k="max_bin_count", device=torch.device("cpu"))
+    if config == "ours_faiss":
+        knn, include = ChunkedKNN(backend="faiss"), recall
+    elif config == "ours_torch":
+        knn, include = ChunkedKNN(backend="torch"), recall
+    elif config == "ours_torch_with_pml":
+        knn, include = ChunkedKNN(backend="torch"), recall + PML_METRICS
+    elif config == "ours_pml_faissknn":
+        knn, include = FaissKNN(), recall
+    else:
+        raise ValueError(f"unknown configuration {config!r}")
+    return RecallAtKAccuracyCalculator(K_VALUES, include=include, knn_func=knn, device=torch.device("cpu"))
+
+
+def worker(config: str, data_folder: Path) -> dict:
+    import torch  # noqa: F401  (imported before measuring, as in any evaluation)
+    from pytorch_metric_learning.utils import inference  # noqa: F401  (imports faiss)
+
+    embeddings = np.load(data_folder / "embeddings.npy")
+    labels = np.load(data_folder / "labels.npy")
+    calculator = build_calculator(config)
+    rss_before = current_rss_mb()
+    cpu_start, start = cpu_seconds(), time.perf_counter()
+    accuracies = calculator.get_accuracy(embeddings, labels)
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+    return {
+        "config": config,
+        "num_items": len(labels),
+        "num_classes": int(len(np.unique(labels))),
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_mb": rss_before,
+        "extra_mb": peak_rss_mb() - rss_before,
+        "accuracies": accuracies,
+    }
+
+
+def run_config(config: str, data_folder: Path, max_gb: float, num_items: int) -> dict:
+    if config == "pml_default" and estimated_pml_default_gb(num_items) > max_gb:
+        return {
+            "config": config,
+            "num_items": num_items,
+            "skipped": f"not run: needs about {estimated_pml_default_gb(num_items):.0f} GB (> --max-gb {max_gb:g})",
+        }
+    command = [sys.executable, __file__, "--worker", config, "--data", str(data_folder)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"config": config, "num_items": num_items, "skipped": "failed: " + " ".join(done.stderr.split()[-40:])}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def describe_machine() -> str:
+    import faiss
+    import pytorch_metric_learning
+    import torch
+
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores (shared with other jobs), torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), faiss-cpu {faiss.__version__}, "
+        f"pytorch-metric-learning {pytorch_metric_learning.__version__}, Python {platform.python_version()}"
+    )
+
+
+def format_accuracies(row: dict) -> str:
+    accuracies = row.get("accuracies", {})
+    short = {"precision_at_1": "P@1", "mean_average_precision_at_r": "MAP@R"}
+    names = [f"recall_at_{k}" for k in K_VALUES] + list(PML_METRICS)
+    parts = [f"{short.get(n, n.replace('recall_at_', 'R@'))} {accuracies[n]:.4f}" for n in names if n in accuracies]
+    return ", ".join(parts)
+
+
+CSV_COLUMNS = ("seconds", "time_vs_baseline", "cpu_seconds", "cpu_vs_baseline", "peak_rss_mb", "extra_mb")
+
+
+def write_results(rows: list[dict], command: str, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["num_items", "config", *CSV_COLUMNS, "note"])
+        for row in rows:
+            writer.writerow(
+                [row["num_items"], row["config"]] + [row.get(key, "") for key in CSV_COLUMNS] + [row.get("skipped", "")]
+            )
+    lines = [
+        "# Evaluation speed and memory: Recall@{1,10,100,1000} vs PML's AccuracyCalculator",
+        "",
+        "Command (from the repository root):",
+        "",
+        f"    {command}",
+        "",
+        f"Machine: {describe_machine()}.",
+        "",
+        "Leave-one-out on synthetic L2-normalised 512-d embeddings with SOP-like classes (2 to 12 items). One",
+        "fresh process per row and one `get_accuracy` call; wall is its elapsed time, CPU its user + system time",
+        "over all threads (steadier than wall on a shared machine); ratios are against `pml_max_bin_count` (PML's",
+        "faiss path with its memory-safe k) at the same size. Peak is the process's maximum resident memory",
+        "(ru_maxrss, including about 0.6 GB of Python, torch, faiss and the embeddings); extra is the peak minus",
+        "the resident memory just before the call. See the script's docstring for each configuration.",
+        "",
+        "| items | configuration | wall (s) | wall / PML | CPU (s) | CPU / PML | peak RSS (MB) | extra (MB) | values |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        if "skipped" in row:
+            lines.append(f"| {row['num_items']:,} | {row['config']} | | | | | | | {row['skipped']} |")
+            continue
+        wall_ratio = f"{row['time_vs_baseline']:.2f}" if "time_vs_baseline" in row else ""
+        cpu_ratio = f"{row['cpu_vs_baseline']:.2f}" if "cpu_vs_baseline" in row else ""
+        lines.append(
+            f"| {row['num_items']:,} | {row['config']} | {row['seconds']:.1f} | {wall_ratio} | "
+            f"{row['cpu_seconds']:.1f} | {cpu_ratio} | {row['peak_rss_mb']:.0f} | {row['extra_mb']:.0f} | "
+            f"{format_accuracies(row)} |"
+        )
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["60502:11316", "10000:1870"], help="items:classes")
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    parser.add_argument("--max-gb", type=float, default=6.0, help="skip pml_default above this estimate")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/eval_speed"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.data)))
+        return
+
+    command = "python benchmarks/eval_speed.py " + " ".join(sys.argv[1:])
+    rows = []
+    for size in args.sizes:
+        num_items, num_classes = (int(x) for x in size.split(":"))
+        with tempfile.TemporaryDirectory() as folder:
+            make_data(num_items, num_classes, args.dim, args.seed, Path(folder))
+            size_rows = [run_config(c, Path(folder), args.max_gb, num_items) for c in args.configs]
+        baseline = next((r for r in size_rows if r["config"] == BASELINE and "seconds" in r), None)
+        for row in size_rows:
+            if "seconds" in row and baseline is not None:
+                row["time_vs_baseline"] = row["seconds"] / baseline["seconds"]
+                row["cpu_vs_baseline"] = row["cpu_seconds"] / baseline["cpu_seconds"]
+            print(json.dumps({k: v for k, v in row.items() if k != "accuracies"}), flush=True)
+        rows += size_rows
+    write_results(rows, command.strip(), args.out)
+
+
+if __name__ == "__main__":
+    main()
