@@ -555,7 +555,7 @@ def run_experiment(
         str(output_dir / "logs"), str(output_dir / "tensorboard")
     )
     if record_keeper is None:
-        raise ConfigError("training needs record-keeper and tensorboard: pip install 'pml-recallk[hooks]'")
+        raise ConfigError("training needs record-keeper and tensorboard: pip install 'pml-recallk[cli]'")
     # HookContainer records validation results and picks the best epoch; our checkpoints hold the models.
     hooks = logging_presets.get_hook_container(
         record_keeper, primary_metric=PRIMARY_METRIC, validation_split_name="val", save_models=False, log_freq=1
