@@ -253,19 +253,6 @@ def build_loss(config: Mapping[str, Any]) -> torch.nn.Module:
     return criterion
 
 
-def _recordable_tuples_as_lists(module: torch.nn.Module) -> None:
-    """Turn tuple-valued recordable attributes (``k_values``) into lists, in place.
-
-    HookContainer's iteration hook hands every ``_record_these`` attribute of the loss to record-keeper, which
-    stores lists but fails on a tuple (``vars()`` of a tuple raises TypeError).
-    """
-    for submodule in module.modules():
-        for name in getattr(submodule, "_record_these", []):
-            value = getattr(submodule, name, None)
-            if isinstance(value, tuple):
-                setattr(submodule, name, list(value))
-
-
 def build_optimizer(config: Mapping[str, Any], model: torch.nn.Module) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD (momentum 0.9) over the trainable parameters, with ``train.lr`` and ``weight_decay``."""
     train = config["train"]
@@ -543,7 +530,6 @@ def run_experiment(
 
     model = build_model(config).to(device)
     loss = build_loss(config).to(device)
-    _recordable_tuples_as_lists(loss)
     optimizer = build_optimizer(config, model)
     scheduler = (
         torch.optim.lr_scheduler.MultiStepLR(optimizer, train_cfg["lr_milestones"], gamma=train_cfg["lr_gamma"])

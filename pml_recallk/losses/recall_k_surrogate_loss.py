@@ -150,7 +150,7 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
         return {"loss": {"losses": losses, "indices": indices, "reduction_type": "element"}}
 
 
-def _check_k_values(k_values) -> tuple[int, ...]:
+def _check_k_values(k_values) -> list[int]:
     if isinstance(k_values, (numbers.Integral, str)) or not isinstance(k_values, Sequence):
         raise TypeError(f"k_values must be a sequence of positive ints such as (1, 2, 4, 8, 16), got {k_values!r}")
     if len(k_values) == 0:
@@ -162,7 +162,8 @@ def _check_k_values(k_values) -> tuple[int, ...]:
             raise ValueError(f"k_values must be positive, got {k} in {tuple(k_values)!r}")
     if len(set(k_values)) != len(k_values):
         raise ValueError(f"k_values has duplicates: {tuple(k_values)!r}")
-    return tuple(int(k) for k in k_values)
+    # A list, not a tuple: record-keeper (PML's logging hooks) stores lists and fails on tuples.
+    return [int(k) for k in k_values]
 
 
 def _check_temperature(value, name: str) -> float:
@@ -173,7 +174,7 @@ def _check_temperature(value, name: str) -> float:
     return float(value)
 
 
-def _check_k_temperature(value, k_values: tuple[int, ...]) -> float | tuple[float, ...]:
+def _check_k_temperature(value, k_values: list[int]) -> float | list[float]:
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return _check_temperature(value, "k_temperature")
     if isinstance(value, str) or not isinstance(value, Sequence):
@@ -182,7 +183,7 @@ def _check_k_temperature(value, k_values: tuple[int, ...]) -> float | tuple[floa
         raise ValueError(
             f"k_temperature has {len(value)} values but k_values={k_values} has {len(k_values)}; give one per k"
         )
-    return tuple(_check_temperature(t, "k_temperature") for t in value)
+    return [_check_temperature(t, "k_temperature") for t in value]
 
 
 def check_embeddings(embeddings: torch.Tensor, name: str) -> None:

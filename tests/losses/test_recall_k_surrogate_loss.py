@@ -400,3 +400,18 @@ def test_labels_required():
 def test_recorded_by_pml_loss_classes_list():
     # A PML user finds it where PML's own losses are; our class is a BaseMetricLossFunction.
     assert isinstance(RecallKSurrogateLoss(), losses.BaseMetricLossFunction)
+
+
+def test_pml_logging_hooks_record_the_hyper_parameters(tmp_path):
+    """HookContainer hands every recordable attribute of the loss to record-keeper, which fails on tuples
+    (so k_values and per-k temperatures are stored as lists) and writes the scalars to its tables."""
+    from pytorch_metric_learning.utils import logging_presets
+
+    record_keeper, _, _ = logging_presets.get_record_keeper(str(tmp_path / "logs"))
+    loss_fn = RecallKSurrogateLoss(k_values=(1, 4), k_temperature=(1.0, 2.0))
+    emb, labels = random_batch(3, (3, 3, 3), seed=20)
+    loss_fn(emb, labels)
+    record_keeper.update_records({"metric_loss": loss_fn}, global_iteration=1)
+    record_keeper.save_records()
+    table = (tmp_path / "logs" / "metric_loss_RecallKSurrogateLoss.csv").read_text()
+    assert table.splitlines()[1] == "1,0.01,0.0,False"  # ~iteration~, rank_temperature, k_margin, count_query_in_rank
