@@ -273,3 +273,15 @@ def test_bad_inputs():
         mixup(torch.randn(3, 2), torch.tensor([0, 0]))
     with pytest.raises(TypeError, match="integer"):
         mixup(torch.randn(2, 2), torch.tensor([0.0, 0.0]))
+
+
+def test_pml_logging_hooks_record_the_number_of_virtual_items(tmp_path):
+    from pytorch_metric_learning.utils import logging_presets
+
+    record_keeper, _, _ = logging_presets.get_record_keeper(str(tmp_path))
+    mixup = SimilarityMixup(RecallKSurrogateLoss(), mode="database")
+    mixup(torch.randn(12, 4), torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4]))
+    record_keeper.update_records({"metric_loss": mixup}, global_iteration=1)
+    record_keeper.save_records()
+    rows = (tmp_path / "metric_loss_SimilarityMixup.csv").read_text().splitlines()
+    assert rows == ["~iteration~,mode,num_virtual", "1,database,11"]  # 3 + 1 + 6 + 0 + 1 pairs
