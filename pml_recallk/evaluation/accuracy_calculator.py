@@ -128,9 +128,9 @@ class RecallAtKAccuracyCalculator(AccuracyCalculator):
     ) -> dict[str, Any]:
         """PML's ``get_accuracy``, with input checks and label bookkeeping in O(N) memory.
 
-        PML's own version compares every unique label with every reference label (two U × N boolean
-        matrices, 1.4 GB on SOP); the flow and the keyword arguments given to each metric are otherwise
-        PML's.
+        PML's own version compares every unique label with every reference label (U × N booleans, summed
+        through an int64 copy: 6.5 GB at once on SOP); the flow and the keyword arguments given to each
+        metric are otherwise PML's.
         """
         _check_inputs(query, query_labels, reference, reference_labels, ref_includes_query)
         if reference is None:

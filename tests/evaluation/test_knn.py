@@ -159,8 +159,8 @@ def test_default_chunk_keeps_the_block_near_128_mib():
         (60502, 1000, False, 554),  # 128 MiB / (60,502 × 4 bytes)
         (136093, 32, False, 246),
         (2**30, 1, False, 1),
-        (60502, 1000, True, 4096),  # faiss's own query block
-        (60502, 60501, True, 184),  # 128 MiB / (60,502 × 12 bytes of results)
+        (60502, 1000, True, 2048),
+        (60502, 60501, True, 184),  # 128 MiB / (60,502 × 12 bytes of faiss results)
     ],
 )
 def test_default_chunk_size(num_reference, k, uses_faiss, expected):
