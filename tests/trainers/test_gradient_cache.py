@@ -2,6 +2,8 @@
 
 import copy
 import doctest
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -349,3 +351,12 @@ def test_a_nonfinite_loss_is_returned_when_not_stopping(make_cnn, image_batch):
 def test_docstring_example_runs():
     result = doctest.testmod(pml_recallk.trainers.gradient_cache)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_plain_loop_example_of_the_docs_runs():
+    page = (Path(__file__).parents[2] / "docs" / "cached_backward.md").read_text()
+    section = page.split("## Example: a plain PyTorch loop", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    namespace = {}
+    exec(code, namespace)
+    assert torch.isfinite(namespace["loss"]) and not namespace["loss"].requires_grad
