@@ -47,7 +47,7 @@ def test_equals_plain_full_batch_backward_without_randomness(chunk_size, loss_na
 @pytest.mark.parametrize("chunk_size", CHUNK_SIZES)
 @pytest.mark.parametrize("batchnorm_trains", [False, True], ids=["bn_frozen", "bn_no_double_update"])
 def test_dropout_and_batchnorm_equal_a_seeded_plain_chunked_step(
-    chunk_size, batchnorm_trains, make_cnn, image_batch, ref
+    chunk_size, batchnorm_trains, make_cnn, image_batch, ref, device
 ):
     model = make_cnn(batchnorm_trains=batchnorm_trains)
     reference_model = copy.deepcopy(model)
@@ -56,7 +56,7 @@ def test_dropout_and_batchnorm_equal_a_seeded_plain_chunked_step(
 
     torch.manual_seed(7)
     loss = cached_backward(model, inputs, labels, loss_fn, chunk_size)
-    rng_after = torch.get_rng_state()
+    rng_after = rng_states(device)
     torch.manual_seed(7)
     reference_loss = ref.chunked_backward(reference_model, inputs, labels, loss_fn, chunk_size)
 
@@ -68,8 +68,12 @@ def test_dropout_and_batchnorm_equal_a_seeded_plain_chunked_step(
         ref.running_statistics(model), ref.running_statistics(reference_model), strict=True
     ):
         torch.testing.assert_close(stat, reference_stat, rtol=1e-12, atol=1e-12)
-    # The global generator continues exactly as after the plain step.
-    assert torch.equal(rng_after, torch.get_rng_state())
+    # The global generators continue exactly as after the plain step.
+    assert all(torch.equal(a, b) for a, b in zip(rng_after, rng_states(device), strict=True))
+
+
+def rng_states(device):
+    return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
 
 
 def test_batchnorm_running_statistics_change_once_per_chunk(make_cnn, image_batch, ref):
@@ -120,12 +124,12 @@ def test_scaled_loss_stands_in_for_amp_scaling(make_cnn, image_batch, ref):
         torch.testing.assert_close(grad, 1000 * reference_grad, rtol=1e-6, atol=1e-9)
 
 
-def test_grad_scaler_scales_the_cached_gradients(make_cnn, image_batch, ref):
+def test_grad_scaler_scales_the_cached_gradients(make_cnn, image_batch, ref, device):
     model = make_cnn(dropout=0.0)
     reference_model = copy.deepcopy(model)
     inputs, labels = image_batch()
     loss_fn = losses.MultiSimilarityLoss()
-    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler = torch.amp.GradScaler(device.type, init_scale=1024.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 
     cached_backward(model, inputs, labels, loss_fn, chunk_size=5, grad_scaler=scaler)
@@ -154,11 +158,11 @@ def test_gradients_accumulate_like_backward(make_cnn, image_batch, ref):
         torch.testing.assert_close(grad, reference_grad, rtol=1e-6, atol=1e-10)
 
 
-def test_parameters_of_the_loss_get_their_gradient(make_cnn, image_batch):
+def test_parameters_of_the_loss_get_their_gradient(make_cnn, image_batch, device):
     model = make_cnn(dropout=0.0)
     reference_model = copy.deepcopy(model)
     inputs, labels = image_batch()
-    loss_fn = losses.ProxyAnchorLoss(num_classes=4, embedding_size=8).double()
+    loss_fn = losses.ProxyAnchorLoss(num_classes=4, embedding_size=8).to(device, torch.float64)
     reference_loss_fn = copy.deepcopy(loss_fn)
 
     cached_backward(model, inputs, labels, loss_fn, chunk_size=5)
@@ -185,7 +189,7 @@ def test_similarity_mixup_draws_its_random_numbers_as_in_a_plain_step(make_cnn, 
 
 
 @pytest.mark.parametrize("amp", [torch.bfloat16, torch.float16], ids=str)
-def test_amp_on_cpu_equals_a_plain_autocast_step_with_the_loss_in_float32(amp, make_cnn, image_batch, ref):
+def test_amp_equals_a_plain_autocast_step_with_the_loss_in_float32(amp, make_cnn, image_batch, ref, device):
     model = make_cnn(dtype=torch.float32)
     reference_model = copy.deepcopy(model)
     inputs, labels = image_batch(dtype=torch.float32)
@@ -193,7 +197,7 @@ def test_amp_on_cpu_equals_a_plain_autocast_step_with_the_loss_in_float32(amp, m
     seen_dtypes = []
 
     def recording_loss(embeddings, labels):
-        seen_dtypes.append((embeddings.dtype, torch.is_autocast_enabled("cpu")))
+        seen_dtypes.append((embeddings.dtype, torch.is_autocast_enabled(device.type)))
         return loss_fn(embeddings, labels)
 
     torch.manual_seed(5)
@@ -203,7 +207,7 @@ def test_amp_on_cpu_equals_a_plain_autocast_step_with_the_loss_in_float32(amp, m
     for chunk in inputs.split(5):
         # One autocast region per chunk: within one region autocast caches the low-precision copy of each
         # weight, and all chunks' weight gradients would be summed in that precision before reaching float32.
-        with torch.autocast("cpu", dtype=amp):
+        with torch.autocast(device.type, dtype=amp):
             chunks.append(reference_model(chunk))
     embeddings = torch.cat(chunks)
     reference_loss = loss_fn(embeddings.float(), labels)
@@ -215,13 +219,13 @@ def test_amp_on_cpu_equals_a_plain_autocast_step_with_the_loss_in_float32(amp, m
         torch.testing.assert_close(grad, reference_grad, rtol=1e-5, atol=1e-6)
 
 
-def test_float16_with_a_grad_scaler_on_cpu_overflows_and_the_scaler_skips_the_step(make_cnn, image_batch):
+def test_float16_with_a_grad_scaler_overflows_and_the_scaler_skips_the_step(make_cnn, image_batch, device):
     model = make_cnn(dtype=torch.float32, dropout=0.0)
     inputs, labels = image_batch(dtype=torch.float32)
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     # 2**40 × G does not fit in float16 (max 65504): the cached gradient overflows, as a plain backward would.
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**40)
 
     cached_backward(model, inputs, labels, losses.MultiSimilarityLoss(), 5, grad_scaler=scaler, amp=torch.float16)
     scaler.step(optimizer)

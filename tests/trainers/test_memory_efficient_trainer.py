@@ -40,9 +40,10 @@ class NaNLoss(nn.Module):
 
 
 @pytest.fixture
-def models(ref):
+def models(ref, device):
     torch.manual_seed(0)
-    return {"trunk": ref.SmallCNN(dropout=0.0).double(), "embedder": nn.Linear(8, 8).double()}
+    models = {"trunk": ref.SmallCNN(dropout=0.0), "embedder": nn.Linear(8, 8)}
+    return {name: model.to(device, torch.float64) for name, model in models.items()}
 
 
 @pytest.fixture
@@ -204,7 +205,7 @@ def test_batchnorm_no_double_update_updates_once_per_chunk(models, device, ref):
     )
     trainer.train(num_epochs=1)
     with torch.no_grad():
-        for chunk in dataset.images.double().split(5):
+        for chunk in dataset.images.to(device, torch.float64).split(5):
             reference_trunk(chunk)
 
     for stat, reference_stat in zip(
@@ -215,7 +216,7 @@ def test_batchnorm_no_double_update_updates_once_per_chunk(models, device, ref):
 
 def test_bfloat16_autocast_trains_without_a_scaler(ref, device):
     torch.manual_seed(0)
-    models = {"trunk": ref.SmallCNN()}
+    models = {"trunk": ref.SmallCNN().to(device)}
     before = parameters(models)
     trainer = make_trainer(
         MemoryEfficientTrainer, models, device, dtype=None, amp=torch.bfloat16, iterations_per_epoch=1
@@ -231,7 +232,7 @@ def test_bfloat16_autocast_trains_without_a_scaler(ref, device):
 @pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before")
 def test_float16_autocast_uses_a_grad_scaler_that_skips_overflowing_steps(ref, device):
     torch.manual_seed(0)
-    models = {"trunk": ref.SmallCNN()}
+    models = {"trunk": ref.SmallCNN().to(device)}
     trainer = make_trainer(
         MemoryEfficientTrainer, models, device, dtype=None, amp=torch.float16, iterations_per_epoch=1
     )
@@ -284,6 +285,6 @@ def test_rejects_bad_arguments(kwargs, error, models, device):
 
 
 def test_rejects_a_trunk_whose_output_is_not_2d(device):
-    trainer = make_trainer(MemoryEfficientTrainer, {"trunk": nn.Conv2d(3, 4, 3).double()}, device)
+    trainer = make_trainer(MemoryEfficientTrainer, {"trunk": nn.Conv2d(3, 4, 3).to(device, torch.float64)}, device)
     with pytest.raises(ValueError, match="2-D tensor"):
         trainer.train(num_epochs=1)
