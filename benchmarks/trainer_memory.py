@@ -220,7 +220,8 @@ def markdown(command: str, results: list[dict], skipped: list[int], args: argpar
         "On this CPU a forward pass costs less per image in chunks (the `forward` column of the cached rows) than "
         "over the whole batch (plain rows), presumably because a chunk's working set is smaller (caches, fewer "
         "fresh pages to fault in); this is why the cached step can be as fast as the plain one here although it "
-        "runs one more forward. On a GPU expect about ×1.33 (`benchmarks/gpu_trainer_check.py` measures it).",
+        "runs one more forward. On an H100 with ResNet-50 at 224 px, `benchmarks/gpu_trainer_check.py` measured "
+        "×1.25–1.27 and a peak at B = 4000 of 1.01× that at B = 256 (`benchmarks/results/gpu/README.md`).",
         "",
         "| trainer | B | peak RSS (MiB) | step memory (MiB) | step − batch (MiB) | ms / image (wall) "
         "| forward ms / image | loss |",
