@@ -101,11 +101,13 @@ def materialised_loss(emb: torch.Tensor, labels: torch.Tensor, loss_fn) -> torch
     return loss_fn(torch.cat([unit, virtual]), torch.cat([labels, labels[first]]))
 
 
-def worker(method: str, batch: int, device: str, repeats: int) -> dict:
+def worker(method: str, batch: int, device: str, repeats: int, threads: int | None) -> dict:
     from pytorch_metric_learning.distances import DotProductSimilarity
 
     from pml_recallk import RecallKSurrogateLoss, SimilarityMixup
 
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     m, dim = 4, 512
     labels = torch.arange(batch // m, device=device).repeat_interleave(m)
@@ -155,8 +157,10 @@ def worker(method: str, batch: int, device: str, repeats: int) -> dict:
     return {"method": method, "batch": batch, "seconds": statistics.median(timed), "extra_mb": extra, "loss": value}
 
 
-def run(method: str, batch: int, device: str, repeats: int, timeout: float) -> dict:
+def run(method: str, batch: int, device: str, repeats: int, timeout: float, threads: int | None) -> dict:
     cmd = [sys.executable, __file__, "--worker", method, str(batch), "--device", device, "--repeats", str(repeats)]
+    if threads:
+        cmd += ["--threads", str(threads)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True).stdout
         return json.loads(out.strip().splitlines()[-1])
@@ -178,25 +182,27 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1000, 4000])
     parser.add_argument("--simix-sizes", type=int, nargs="+", default=[400, 4000])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker (default: torch's)")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--quick", action="store_true", help="one repetition, skip SiMix")
     parser.add_argument("--out", default="benchmarks/results/loss_speed")
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.device, args.repeats)))
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.device, args.repeats, args.threads)))
         return
     repeats = 1 if args.quick else args.repeats
     rows = []
     for batch in args.sizes:
         for method in LOSS_METHODS:
             # The per-query loop is slow; one call is enough to time it.
-            rows.append(run(method, batch, args.device, 1 if method == "released_loop" else repeats, args.timeout))
+            reps = 1 if method == "released_loop" else repeats
+            rows.append(run(method, batch, args.device, reps, args.timeout, args.threads))
             print(json.dumps(rows[-1]), flush=True)
     simix_rows = []
     if not args.quick:
         for batch in args.simix_sizes:
             for method in SIMIX_METHODS:
-                simix_rows.append(run(method, batch, args.device, repeats, args.timeout))
+                simix_rows.append(run(method, batch, args.device, repeats, args.timeout, args.threads))
                 print(json.dumps(simix_rows[-1]), flush=True)
     write_report(rows, simix_rows, args, " ".join([Path(sys.executable).name, *sys.argv]))
 
@@ -213,7 +219,8 @@ def write_report(rows, simix_rows, args, command) -> None:
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
+        f"({args.threads or torch.get_num_threads()} torch threads per run), torch {torch.__version__}, "
         f"device `{args.device}`. d = 512, 4 samples per class, default temperatures. "
         "Extra memory = peak resident (CPU) or allocated (CUDA) memory during the call minus memory before it.",
         "",

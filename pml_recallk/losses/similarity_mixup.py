@@ -28,8 +28,10 @@ class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
 
     For a pair (i, j) of the same class c and α ~ U(alpha_range), drawn per pair and per step, the virtual item
     v = α·ê_i + (1−α)·ê_j (on the embeddings the loss's similarity sees, not re-normalised) has label c and
-    similarity ``s(q, v) = α·s(q, i) + (1−α)·s(q, j)`` to every item q. With ``RecallKSurrogateLoss`` the mixing is
-    done on the similarity matrix, so no virtual embedding is built.
+    similarity ``s(q, v) = α·s(q, i) + (1−α)·s(q, j)`` to every item q. With ``RecallKSurrogateLoss`` in
+    ``"database"`` mode the columns of the similarity matrix are mixed (no virtual embedding is built); in
+    ``"official"`` mode, which needs every pair of the B + V items anyway, the V virtual embeddings are built and
+    one product of all items gives the same numbers.
 
     Modes:
         ``"official"``: virtual items are queries and database items (positives of their class, negatives of all
@@ -91,6 +93,12 @@ class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
 
     def _check_wrapped_loss(self, loss):
         if isinstance(loss, RecallKSurrogateLoss):
+            distance = loss.distance
+            if not isinstance(distance, DotProductSimilarity) or distance.power != 1:
+                raise ValueError(
+                    "SimilarityMixup mixes similarities linearly, which needs a dot-product similarity: give the "
+                    f"loss CosineSimilarity() or DotProductSimilarity() with power=1, not {type(distance).__name__}"
+                )
             return
         if self.mode == "database":
             raise ValueError(
@@ -141,30 +149,30 @@ class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
         weights = lmu.convert_to_weights(indices_tuple, labels, dtype=torch.float32)
         with loss_precision(embeddings):
             emb = float_embeddings(embeddings)
-            sim = loss.distance(emb, emb)
-            alpha = alpha.to(sim.dtype)
-            weights = weights.to(sim.dtype)
-            real_virtual = mix_columns(sim, first, second, alpha)  # B × V
-            virtual_labels = labels[first]
-            database_labels = torch.cat([labels, virtual_labels])
+            alpha, weights = alpha.to(emb.dtype), weights.to(emb.dtype)
+            database_labels = torch.cat([labels, labels[first]])
             if self.mode == "official":
-                virtual_rows = torch.cat(
-                    [mix_rows(sim, first, second, alpha), mix_rows(real_virtual, first, second, alpha)], dim=1
-                )
-                sim_all = torch.cat([torch.cat([sim, real_virtual], dim=1), virtual_rows], dim=0)
+                # Every pair of items is needed, virtual ones included: one product of the (B + V) items the
+                # similarity sees (v is d numbers, its B + V similarities are not) equals mixing rows and columns.
+                seen = loss.distance.maybe_normalize(emb)
+                a = alpha[:, None]
+                items = torch.cat([seen, a * seen[first] + (1 - a) * seen[second]])
+                sim_all = loss.distance.compute_mat(items, items)
                 query_weights = torch.cat([weights, (weights[first] + weights[second]) / 2])
                 loss_dict = loss.loss_from_similarities(
                     sim_all,
                     database_labels,
                     database_labels,
-                    self_index=torch.arange(len(sim_all), device=sim.device),
+                    self_index=torch.arange(len(sim_all), device=sim_all.device),
                     weights=query_weights,
                 )
                 query_labels = database_labels
             else:
+                # Virtual items are database columns only: mix the columns of the B × B similarities.
+                sim = loss.distance(emb, emb)
                 excluded = virtual_items_of_parents(first, second, batch_size, offset=batch_size)
                 loss_dict = loss.loss_from_similarities(
-                    torch.cat([sim, real_virtual], dim=1),
+                    torch.cat([sim, mix_columns(sim, first, second, alpha)], dim=1),
                     labels,
                     database_labels,
                     self_index=torch.arange(batch_size, device=sim.device),
@@ -179,11 +187,6 @@ class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
 def mix_columns(sim: torch.Tensor, first: torch.Tensor, second: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """s(q, v) = α·s(q, i) + (1−α)·s(q, j) for every row q and virtual item v = (i, j, α): (rows, V)."""
     return sim[:, first] * alpha + sim[:, second] * (1 - alpha)
-
-
-def mix_rows(sim: torch.Tensor, first: torch.Tensor, second: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """s(v, z) = α·s(i, z) + (1−α)·s(j, z) for every virtual item v and column z: (V, columns)."""
-    return sim[first] * alpha[:, None] + sim[second] * (1 - alpha[:, None])
 
 
 def same_class_pairs(labels: torch.Tensor, max_pairs_per_class: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -265,6 +265,11 @@ def test_refuses_losses_that_cannot_take_virtual_items():
         )
 
 
+def test_refuses_a_similarity_that_mixing_is_not_linear_in():
+    with pytest.raises(ValueError, match="dot-product similarity"):
+        SimilarityMixup(RecallKSurrogateLoss(distance=distances.CosineSimilarity(power=2)))
+
+
 def test_bad_inputs():
     mixup = SimilarityMixup(RecallKSurrogateLoss())
     with pytest.raises(ValueError, match="NaN"):
