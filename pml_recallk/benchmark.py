@@ -8,9 +8,10 @@ The protocol, the same for every loss:
 
 - data: the training split minus ``data.val_fraction`` of its classes (the validation split, used only to pick the
   best epoch), and the test split, whose classes are disjoint from both;
-- model, optimiser and augmentation: those of the experiment config (:mod:`pml_recallk.config`; the small CNN and
-  Adam on the glyph data); a loss with parameters of its own (ProxyAnchor's proxies) gets a second Adam at
-  ``train.lr × loss_lr_factor``, as PML's trainers take it (``metric_loss_optimizer``);
+- model, optimiser, learning-rate schedule and augmentation: those of the experiment config
+  (:mod:`pml_recallk.config`; the small CNN and Adam on the glyph data); a loss with parameters of its own
+  (ProxyAnchor's proxies) gets a second Adam at ``train.lr × loss_lr_factor``, as PML's trainers take it
+  (``metric_loss_optimizer``);
 - sampler: PML's ``MPerClassSampler`` with ``data.samples_per_class`` images per class;
 - budget: ``budget_images`` images seen, split into ``train.epochs`` epochs; a larger batch makes fewer steps;
 - batch: ``batch_size`` through PML's ``MetricLossOnly``, or, for the "large" configurations, ``large_batch_size``
@@ -244,8 +245,8 @@ class Sweep:
         batch_size: batch of the ``"small"`` configurations.
         large_batch_size: batch of the ``"large"`` ones; 0 means every training class × ``samples_per_class``.
         chunk_size: images per forward pass of :class:`~pml_recallk.MemoryEfficientTrainer` (0: ``batch_size``).
-        glyphs: extra keyword arguments of :class:`~pml_recallk.datasets.Glyphs` (e.g. ``font_dirs``), used
-            when the data set is the glyph data.
+        glyphs: extra keyword arguments of :class:`~pml_recallk.datasets.Glyphs` that the experiment config
+            has no key for (e.g. ``one_face_per_family``), used when the data set is the glyph data.
         name: shown in the report.
     """
 
@@ -354,8 +355,9 @@ def load_sweep(
 def build_sweep_datasets(sweep: Sweep) -> dict[str, Dataset]:
     """``{"train", "val", "test"}`` of the sweep, as :func:`pml_recallk.experiment.build_datasets` makes them.
 
-    With ``sweep.glyphs`` options (e.g. the Debian font folders), the glyph splits are loaded with them; the
-    class-disjoint validation split, the transforms and ``data.max_classes`` are the experiment's.
+    With ``sweep.glyphs`` options (e.g. ``one_face_per_family``), the glyph splits are loaded with them (and
+    ``data.glyphs_font_dirs``); the class-disjoint validation split, the transforms and ``data.max_classes`` are
+    the experiment's.
     """
     from . import experiment
 
@@ -373,7 +375,7 @@ def build_sweep_datasets(sweep: Sweep) -> dict[str, Dataset]:
     channels = experiment.input_channels(config)
 
     glyph_options = {"cache_dir": data["glyphs_cache_dir"] or None}
-    if data.get("glyphs_font_dirs"):
+    if data["glyphs_font_dirs"]:
         glyph_options["font_dirs"] = data["glyphs_font_dirs"]
     glyph_options.update(sweep.glyphs)
 
@@ -488,13 +490,21 @@ def _write_json_atomic(obj: Any, path: Path) -> None:
 
 
 def run_one(
-    sweep: Sweep, loss: str, seed: int, datasets: Mapping[str, Dataset], run_dir: str | Path, log: Log = _log_to_stderr
+    sweep: Sweep,
+    loss: str,
+    seed: int,
+    datasets: Mapping[str, Dataset],
+    run_dir: str | Path,
+    log: Log = _log_to_stderr,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Train configuration ``loss`` with ``seed`` and evaluate it; write and return ``run_dir/result.json``.
 
     ``loss`` may also be ``"untrained"``: the network as initialised by ``seed``, evaluated on the test split.
     Returns ``{"format", "spec", "test": {metric: value}, "best_epoch", "val_history", "train_seconds",
-    "seconds", "finished"}``; ``train_seconds`` is the wall time of the training steps (validation excluded).
+    "seconds", "finished", "device", "threads", "load_average", "command"}``; ``train_seconds`` is the wall time
+    of the training steps (validation excluded), ``load_average`` the machine's 1-minute load average at the
+    start and end of the run, ``command`` the command line of the sweep (for its report).
     """
     from pytorch_metric_learning.samplers import MPerClassSampler
     from pytorch_metric_learning.trainers import MetricLossOnly
@@ -504,6 +514,7 @@ def run_one(
     from .trainers import MemoryEfficientTrainer
 
     started = time.perf_counter()
+    load_at_start = _load_average()
     run_dir = Path(run_dir)
     spec = _run_spec(sweep, loss, seed, datasets)
     config = copy.deepcopy(sweep.config)
@@ -561,9 +572,15 @@ def run_one(
             eval_seconds += time.perf_counter() - tic
             return keep_going is not False
 
+        lr_schedulers = {}
+        if config["train"]["lr_milestones"]:
+            lr_schedulers["trunk_scheduler_by_epoch"] = torch.optim.lr_scheduler.MultiStepLR(
+                optimizers["trunk_optimizer"], config["train"]["lr_milestones"], gamma=config["train"]["lr_gamma"]
+            )
         trainer_kwargs: dict[str, Any] = {
             "models": {"trunk": model},
             "optimizers": optimizers,
+            "lr_schedulers": lr_schedulers,
             "batch_size": batch,
             "loss_funcs": {"metric_loss": loss_fn},
             "mining_funcs": {"tuple_miner": miner} if miner is not None else {},
@@ -608,6 +625,9 @@ def run_one(
         seconds=round(time.perf_counter() - started, 3),
         finished=datetime.datetime.now().isoformat(timespec="seconds"),
         device=str(device),
+        threads=torch.get_num_threads(),
+        load_average=[load_at_start, _load_average()],
+        command=command,
     )
     _write_json_atomic(result, run_dir / "result.json")
     return result
@@ -634,7 +654,8 @@ def run_sweep(
         output_dir: where ``runs/<loss>/seed_<seed>/`` and the report go. Rerunning continues a sweep.
         datasets: ``{"train", "val", "test"}`` to use instead of :func:`build_sweep_datasets` (e.g. in tests).
         log: receives one-line progress messages.
-        command: the command line written at the top of the report (default: this process's).
+        command: the command line stored with each run and written at the top of the report (default: this
+            process's).
 
     Returns:
         The result of every (loss, seed) of the sweep, in sweep order, the untrained network first.
@@ -644,6 +665,7 @@ def run_sweep(
     # The per-run logs (record-keeper, tensorboard) are for looking into runs, not for the repository.
     (output_dir / ".gitignore").write_text("runs/*/*/logs/\nruns/*/*/tensorboard/\nruns/*/*/models/\n")
     started = time.perf_counter()
+    command = command or " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
     if datasets is None:
         log(f"loading {sweep.config['data']['dataset']} ...")
         datasets = build_sweep_datasets(sweep)
@@ -670,16 +692,23 @@ def run_sweep(
         else:
             if run_dir.exists():  # an interrupted run: start it again from scratch
                 shutil.rmtree(run_dir)
-            result = run_one(sweep, loss, seed, datasets, run_dir, log=log)
+            result = run_one(sweep, loss, seed, datasets, run_dir, log=log, command=command)
             log(
                 f"[{number}/{len(plan)}] {loss} seed {seed}: test R@1 {result['test'][PRIMARY_METRIC]:.4f}, "
                 f"{result['train_seconds']:.0f} s training, {result['seconds']:.0f} s in all"
             )
         results.append(result)
-    wall = time.perf_counter() - started
-    write_report(sweep, results, output_dir, command=command, wall_seconds=wall)
-    log(f"wrote {output_dir / 'results.md'} ({wall:.0f} s)")
+    write_report(sweep, results, output_dir)
+    log(f"wrote {output_dir / 'results.md'} ({time.perf_counter() - started:.0f} s)")
     return results
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (how busy the machine was: timings depend on it), None where unknown."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def load_results(output_dir: str | Path) -> list[dict[str, Any]]:
@@ -736,20 +765,17 @@ def _title(metric: str) -> str:
 
 
 def write_report(
-    sweep: Sweep,
-    results: Sequence[Mapping[str, Any]],
-    output_dir: str | Path,
-    command: str | None = None,
-    wall_seconds: float | None = None,
+    sweep: Sweep, results: Sequence[Mapping[str, Any]], output_dir: str | Path, command: str | None = None
 ) -> None:
-    """Write ``results.md``, ``results.csv``, ``recall_at_k.png`` and ``recall_at_1_vs_time.png``.
+    """Write ``results.md``, ``results.csv``, ``recall_at_k.png``, ``recall_at_1_vs_time.png`` and ``sweep.toml``.
 
-    Values are percentages, mean ± sample standard deviation over the seeds.
+    Values are percentages, mean ± sample standard deviation over the seeds. The report starts with the command
+    stored with the runs; ``command`` is written instead when they have none, and noted as the command that
+    rewrote the report otherwise.
     """
     output_dir = Path(output_dir)
     rows = summarize(results)
     metrics = _metric_names(rows)
-    command = command or " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
 
     with open(output_dir / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -764,35 +790,14 @@ def write_report(
                 + [f"{x:.6f}" for pair in values for x in pair]
             )
 
-    sizes = results[0]["spec"]["data"] if results else {}
-    total_run_seconds = sum(r["seconds"] for r in results)
-    lines = [
-        f"# Loss benchmark: {sweep.name}",
-        "",
-        "Made with:",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
-        f"{datetime.date.today().isoformat()}; {platform.machine()}, {os.cpu_count()} CPU cores"
-        + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "")
-        + f"; torch {torch.__version__} ({torch.get_num_threads()} CPU threads); "
-        + f"device {results[0].get('device', '?') if results else '?'}. "
-        f"Sum of the run times: {total_run_seconds / 60:.1f} min"
-        + (f"; this invocation: {wall_seconds / 60:.1f} min." if wall_seconds is not None else "."),
-        "",
-        "Data: "
-        + "; ".join(f"{split} {s['images']} images of {s['classes']} classes" for split, s in sizes.items())
-        + f" ({sweep.config['data']['dataset']}"
-        + (f", Glyphs options {json.dumps(sweep.glyphs)}" if sweep.glyphs else "")
-        + "). Every run: "
-        + f"{sweep.config['model']['name']} (embedding {sweep.config['model']['embedding_size']}), "
-        + f"{sweep.config['train']['optimizer']} lr {sweep.config['train']['lr']:g}, "
-        + f"MPerClassSampler m = {sweep.config['data']['samples_per_class']}, "
-        + f"about {sweep.budget_images} images seen in {sweep.config['train']['epochs']} epochs, "
-        + "best epoch by validation Recall@1, then one test evaluation.",
-        "",
+    run_commands = list(dict.fromkeys(r["command"] for r in results if r.get("command")))
+    lines = [f"# Loss benchmark: {sweep.name}", "", "Made with:", "", "```bash"]
+    lines += run_commands or [command or "(command not recorded)"]
+    lines += ["```", ""]
+    if command is not None and run_commands and command not in run_commands:
+        lines += [f"Report rewritten from the finished runs with `{command}`.", ""]
+    lines += [_machine_line(results), "", _data_line(sweep, results), ""]
+    lines += [
         "Test split, in %: mean ± standard deviation over the seeds (sample std, ddof = 1). "
         "Training time excludes validation.",
         "",
@@ -806,6 +811,7 @@ def write_report(
             f"| {row['loss']} | {row['batch_size'] or '–'} | {row['steps'] or '–'} | " + " | ".join(cells)
             + f" | {time_mean:.1f} ± {time_std:.1f} | {len(row['seeds'])} |"
         )  # fmt: skip
+    lines += _paired_differences(results, [m for m in (PRIMARY_METRIC, MAP_AT_R) if m in metrics])
     lines += ["", "Settings:", ""]
     for row in rows:
         if row["loss"] == UNTRAINED:
@@ -821,6 +827,84 @@ def write_report(
     (output_dir / "results.md").write_text("\n".join(lines) + "\n")
     (output_dir / "sweep.toml").write_text(_sweep_toml(sweep))
     _plot(rows, metrics, results, output_dir)
+
+
+def _machine_line(results: Sequence[Mapping[str, Any]]) -> str:
+    """Where and when the runs ran, how long they took and how busy the machine was."""
+    threads = sorted({r["threads"] for r in results if r.get("threads")}) or [torch.get_num_threads()]
+    devices = sorted({r["device"] for r in results if r.get("device")}) or ["?"]
+    line = (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores"
+        + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "")
+        + f", torch {torch.__version__}, {'/'.join(map(str, threads))} torch CPU thread(s), device "
+        + f"{', '.join(devices)}. Sum of the run times {sum(r['seconds'] for r in results) / 60:.1f} min"
+    )
+    finished = [(datetime.datetime.fromisoformat(r["finished"]), r["seconds"]) for r in results if r.get("finished")]
+    if finished:
+        first_start = min(end - datetime.timedelta(seconds=seconds) for end, seconds in finished)
+        last_end = max(end for end, _ in finished)
+        span = (last_end - first_start).total_seconds() / 60
+        line += f"; from the start of the first run to the end of the last {span:.1f} min "
+        line += f"({first_start:%Y-%m-%d %H:%M}–{last_end:%H:%M})"
+    loads = [x for r in results for x in r.get("load_average") or [] if x is not None]
+    if loads:
+        line += f"; 1-minute load average {min(loads):.1f}–{max(loads):.1f} during the runs (other jobs included)"
+    return line + "."
+
+
+def _data_line(sweep: Sweep, results: Sequence[Mapping[str, Any]]) -> str:
+    config = sweep.config
+    data, model, train = config["data"], config["model"], config["train"]
+    sizes = results[0]["spec"]["data"] if results else {}
+    source = data["dataset"]
+    if data["dataset"] == "glyphs":
+        fonts = ", ".join(data["glyphs_font_dirs"]) or "matplotlib's fonts"
+        options = "".join(f", {k}={v!r}" for k, v in sweep.glyphs.items())
+        source = f"Glyphs from {fonts}{options}"
+    return (
+        "Data: "
+        + "; ".join(f"{split} {s['images']} images of {s['classes']} classes" for split, s in sizes.items())
+        + f" ({source}). Every run: {model['name']} (embedding {model['embedding_size']}), "
+        + f"{train['optimizer']} lr {train['lr']:g}, MPerClassSampler m = {data['samples_per_class']}, "
+        + f"about {sweep.budget_images} images seen in {train['epochs']} epochs, best epoch by validation "
+        + "Recall@1, then one test evaluation."
+    )
+
+
+def _paired_differences(results: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list[str]:
+    """Lines of a table of per-seed differences from ``rsk`` (or the first trained configuration).
+
+    A seed fixes the initial network of every configuration, so differences taken seed by seed cancel part of
+    the seed-to-seed spread that the main table's standard deviations contain.
+    """
+    by_loss: dict[str, dict[int, Mapping[str, Any]]] = {}
+    for result in results:
+        by_loss.setdefault(result["spec"]["loss"], {})[result["spec"]["seed"]] = result
+    trained = [loss for loss in by_loss if loss != UNTRAINED]
+    if len(trained) < 2 or not metrics:
+        return []
+    baseline = "rsk" if "rsk" in trained else trained[0]
+    lines = [
+        "",
+        f"Differences from `{baseline}`, seed by seed (the same seed gives every configuration the same initial "
+        "network), in percentage points: mean ± std over the seeds both have.",
+        "",
+        "| loss | " + " | ".join(f"Δ {_title(m)}" for m in metrics) + " | seeds |",
+        "|---|" + "---:|" * len(metrics) + "---:|",
+    ]
+    for loss in trained:
+        if loss == baseline:
+            continue
+        seeds = sorted(set(by_loss[loss]) & set(by_loss[baseline]))
+        if not seeds:
+            continue
+        cells = []
+        for metric in metrics:
+            deltas = [by_loss[loss][s]["test"][metric] - by_loss[baseline][s]["test"][metric] for s in seeds]
+            mean, std = _mean_std(deltas)
+            cells.append(f"{100 * mean:+.2f} ± {100 * std:.2f}")
+        lines.append(f"| {loss} | " + " | ".join(cells) + f" | {len(seeds)} |")
+    return lines
 
 
 def _sweep_toml(sweep: Sweep) -> str:
@@ -842,25 +926,36 @@ def _plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Trained configurations only, on an axis that starts near their lowest bar: the differences between losses
+    # are often a point or two, invisible on a 0-100 axis. The untrained floor is in the title.
     recall = [m for m in metrics if m.startswith("recall_at_")]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.2))
+    trained = [row for row in rows if row["loss"] != UNTRAINED] or list(rows)
+    untrained = [row for row in rows if row["loss"] == UNTRAINED]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 * len(trained) + 2.5), 4.2))
     width = 0.8 / max(1, len(recall))
-    positions = np.arange(len(rows))
+    positions = np.arange(len(trained))
+    lowest = 100.0
     for i, metric in enumerate(recall):
-        means = [100 * row[metric][0] for row in rows]
-        stds = [100 * row[metric][1] for row in rows]
+        means = np.array([100 * row[metric][0] for row in trained])
+        stds = np.array([100 * row[metric][1] for row in trained])
+        lowest = min(lowest, float((means - stds).min()))
         ax.bar(
             positions + (i - (len(recall) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=_title(metric)
         )
-    ax.set_xticks(positions, [row["loss"] for row in rows], rotation=30, ha="right")
-    ax.set(ylabel="test Recall@k (%)", ylim=(0, 100), title="Recall@k per loss (mean ± std over seeds)")
+    bottom = max(0.0, np.floor(lowest - 1.0))
+    ax.set_xticks(positions, [row["loss"] for row in trained], rotation=30, ha="right")
+    title = "Test Recall@k per loss (mean ± std over seeds)"
+    if untrained:
+        title += "\nuntrained network: " + ", ".join(f"{_title(m)} {100 * untrained[0][m][0]:.1f}" for m in recall)
+    ax.set(ylabel="test Recall@k (%)" + (f" (axis from {bottom:g})" if bottom > 0 else ""), ylim=(bottom, 100))
+    ax.set_title(title, fontsize="medium")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(ncols=len(recall), loc="upper left", fontsize="small")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
     fig.tight_layout()
     fig.savefig(output_dir / "recall_at_k.png", dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     colors = plt.get_cmap("tab10")
     for i, row in enumerate(r for r in rows if r["loss"] != UNTRAINED):
         runs = [r for r in results if r["spec"]["loss"] == row["loss"]]
@@ -870,13 +965,13 @@ def _plot(
         (t_mean, t_std), (r_mean, r_std) = row["train_seconds"], row[PRIMARY_METRIC]
         ax.errorbar(t_mean, 100 * r_mean, xerr=t_std, yerr=100 * r_std, fmt="o", color=color, capsize=3,
                     label=row["loss"])  # fmt: skip
-    untrained = [row for row in rows if row["loss"] == UNTRAINED]
+    title = "Test Recall@1 against training time (mean ± std; dots: seeds)"
     if untrained:
-        ax.axhline(100 * untrained[0][PRIMARY_METRIC][0], color="grey", ls="--", lw=1, label="untrained")
-    ax.set(xlabel="training time (s, validation excluded)", ylabel="test Recall@1 (%)",
-           title="Recall@1 against training time")  # fmt: skip
+        title += f"\nuntrained network: R@1 {100 * untrained[0][PRIMARY_METRIC][0]:.1f}"
+    ax.set(xlabel="training time (s, validation excluded)", ylabel="test Recall@1 (%)")
+    ax.set_title(title, fontsize="medium")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
     fig.tight_layout()
     fig.savefig(output_dir / "recall_at_1_vs_time.png", dpi=120)
     plt.close(fig)
@@ -902,7 +997,9 @@ def build_parser(prog: str = "pml-recallk benchmark") -> argparse.ArgumentParser
     parser.add_argument("--chunk-size", type=int, metavar="N", help="images per forward in MemoryEfficientTrainer")
     parser.add_argument("--dataset", choices=DATASETS, help="data set (default glyphs)")
     parser.add_argument("--data-root", metavar="PATH", help="folder of the data set's standard layout")
-    parser.add_argument("--font-dir", action="append", metavar="DIR", help="glyphs: font folder (repeatable)")
+    parser.add_argument(
+        "--font-dir", action="append", metavar="DIR", help="glyphs: font folder (repeatable; data.glyphs_font_dirs)"
+    )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override an experiment config key (pml-recallk config), e.g. --set train.epochs=4",
@@ -936,14 +1033,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "pml-recallk benchmark")
             overrides.append(f"data.root={json.dumps(args.data_root)}")
         if args.device is not None:
             overrides.append(f"train.device={json.dumps(args.device)}")
+        if args.font_dir:
+            overrides.append(f"data.glyphs_font_dirs={json.dumps(args.font_dir)}")
         sweep, file_output_dir = load_sweep(args.sweep, args.dataset, overrides)
         if args.losses:
             sweep.losses = [name.strip() for name in args.losses.split(",") if name.strip()]
         for key in ("seeds", "budget_images", "batch_size", "large_batch_size", "chunk_size"):
             if getattr(args, key) is not None:
                 setattr(sweep, key, getattr(args, key))
-        if args.font_dir:
-            sweep.glyphs["font_dirs"] = list(args.font_dir)
         sweep.__post_init__()  # check the command-line values too
         if args.threads is not None:
             if args.threads < 1:

@@ -174,6 +174,24 @@ def test_proxy_anchor_proxies_get_their_own_optimizer_at_100x(config, datasets, 
     assert loss.proxies.shape == (10, 8)  # one proxy per training class
 
 
+def test_the_configs_learning_rate_schedule_is_used(config, datasets, tmp_path, monkeypatch):
+    from pytorch_metric_learning import trainers
+
+    seen = {}
+
+    class Recording(trainers.MetricLossOnly):
+        def __init__(self, *args, **kwargs):
+            seen.update(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(trainers, "MetricLossOnly", Recording)
+    config["train"].update(lr_milestones=[1], lr_gamma=0.1)
+    benchmark.run_one(make_sweep(config), "triplet", 0, datasets, tmp_path)
+    # Two epochs with a milestone after the first: the second trains at lr × 0.1.
+    assert seen["optimizers"]["trunk_optimizer"].param_groups[0]["lr"] == pytest.approx(config["train"]["lr"] * 0.1)
+    assert set(seen["lr_schedulers"]) == {"trunk_scheduler_by_epoch"}
+
+
 def test_miners_are_passed_to_the_trainer(config, datasets, tmp_path, monkeypatch):
     from pytorch_metric_learning import miners, trainers
 
@@ -263,6 +281,17 @@ def test_table_is_mean_and_sample_std_over_seeds(config, tmp_path):
     assert "| triplet | 16 | 8 | 60.00 ± 10.00 |" in markdown
     for plot in ("recall_at_k.png", "recall_at_1_vs_time.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_paired_differences_are_taken_seed_by_seed(config, tmp_path):
+    rsk = [fake_result("rsk", seed, r1, map_r, 5.0) for seed, r1, map_r in ((0, 0.50, 0.2), (1, 0.70, 0.3))]
+    triplet = [fake_result("triplet", seed, r1, map_r, 5.0) for seed, r1, map_r in ((0, 0.53, 0.1), (1, 0.71, 0.3))]
+    benchmark.write_report(make_sweep(config, losses=["rsk", "triplet"]), rsk + triplet, tmp_path, command="cmd")
+    markdown = (tmp_path / "results.md").read_text()
+    # Differences 3 and 1 points (R@1), -10 and 0 points (MAP@R): mean and sample std of each pair.
+    expected_r1 = f"{statistics.mean([3, 1]):+.2f} ± {statistics.stdev([3, 1]):.2f}"
+    expected_map = f"{statistics.mean([-10, 0]):+.2f} ± {statistics.stdev([-10, 0]):.2f}"
+    assert f"| triplet | {expected_r1} | {expected_map} | 2 |" in markdown
 
 
 def test_sweep_toml_written_with_the_report_reads_back(config, tmp_path):
