@@ -70,13 +70,7 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
         if not isinstance(count_query_in_rank, bool):
             raise TypeError(f"count_query_in_rank must be True or False, got {count_query_in_rank!r}")
         self.count_query_in_rank = count_query_in_rank
-        if query_chunk_size is not None and (
-            not isinstance(query_chunk_size, numbers.Integral)
-            or isinstance(query_chunk_size, bool)
-            or query_chunk_size <= 0
-        ):
-            raise ValueError(f"query_chunk_size must be a positive int or None, got {query_chunk_size!r}")
-        self.query_chunk_size = query_chunk_size
+        self.query_chunk_size = check_positive_int_or_none(query_chunk_size, "query_chunk_size")
         if not self.distance.is_inverted:
             raise ValueError(
                 f"RecallKSurrogateLoss ranks by similarity, but distance={type(self.distance).__name__} grows with "
@@ -184,6 +178,12 @@ def _check_k_temperature(value, k_values: list[int]) -> float | list[float]:
             f"k_temperature has {len(value)} values but k_values={k_values} has {len(k_values)}; give one per k"
         )
     return [_check_temperature(t, "k_temperature") for t in value]
+
+
+def check_positive_int_or_none(value, name: str) -> int | None:
+    if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0):
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    return value
 
 
 def check_embeddings(embeddings: torch.Tensor, name: str) -> None:

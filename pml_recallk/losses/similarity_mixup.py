@@ -16,6 +16,7 @@ from .recall_k_surrogate_loss import (
     RecallKSurrogateLoss,
     check_embeddings,
     check_labels,
+    check_positive_int_or_none,
     float_embeddings,
     loss_precision,
 )
@@ -73,13 +74,7 @@ class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
         self._check_wrapped_loss(loss)
         self.loss = loss
         self.alpha_range = _check_alpha_range(alpha_range)
-        if max_pairs_per_class is not None and (
-            not isinstance(max_pairs_per_class, numbers.Integral)
-            or isinstance(max_pairs_per_class, bool)
-            or max_pairs_per_class <= 0
-        ):
-            raise ValueError(f"max_pairs_per_class must be a positive int or None, got {max_pairs_per_class!r}")
-        self.max_pairs_per_class = max_pairs_per_class
+        self.max_pairs_per_class = check_positive_int_or_none(max_pairs_per_class, "max_pairs_per_class")
         self.num_virtual = 0
         self._warned_no_pairs = False
         self.add_to_recordable_attributes(list_of_names=["mode", "num_virtual", "max_pairs_per_class"], is_stat=False)
