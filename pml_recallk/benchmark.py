@@ -55,17 +55,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .config import (
-    DATASETS,
-    ConfigError,
-    apply_overrides,
-    default_config,
-    dumps_toml,
-    load_toml,
-    merge_config,
-    parse_override,
-    validate_config,
-)
+from .config import DATASETS, ConfigError, dumps_toml, load_toml, resolve_config
 
 __all__ = [
     "LOSSES",
@@ -266,7 +256,10 @@ class Sweep:
             raise ConfigError(f"unknown loss {unknown[0]!r}; the benchmark knows {', '.join(LOSSES)}")
         if not self.losses or len(set(self.losses)) != len(self.losses):
             raise ConfigError(f"losses must be a non-empty list of distinct names, got {self.losses}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+        if not isinstance(self.glyphs, dict):
+            raise ConfigError(f"sweep.glyphs must be a table of Glyphs arguments, got {self.glyphs!r}")
+        seeds_are_ints = isinstance(self.seeds, list) and all(type(s) is int and s >= 0 for s in self.seeds)
+        if not seeds_are_ints or not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be a non-empty list of distinct non-negative integers, got {self.seeds}")
         m = self.config["data"]["samples_per_class"]
         for key in ("budget_images", "batch_size", "large_batch_size", "chunk_size"):
@@ -319,16 +312,15 @@ def _sweep_from_tables(
         raise ConfigError(
             f"{source}: unknown key sweep.{sorted(unknown)[0]}; [sweep] takes {', '.join(sorted(_SWEEP_KEYS))}"
         )
-    chosen = (
-        dataset
-        or tables.get("data", {}).get("dataset")
-        or dict(map(parse_override, overrides)).get("data.dataset", "glyphs")
-    )
-    if chosen not in DATASETS:
-        raise ConfigError(f"unknown dataset {chosen!r}; choose one of {', '.join(DATASETS)}")
-    config = merge_config(default_config(chosen), tables, source=source)
-    config = apply_overrides(config, overrides)
-    validate_config(config)
+    # The file's experiment tables act as --set overrides that come before the command line's: over the data
+    # set's recipe and its model variant (e.g. the ViT learning rates when model.name is a ViT).
+    file_overrides = []
+    for table, values in tables.items():
+        if not isinstance(values, Mapping) or any(isinstance(v, Mapping) for v in values.values()):
+            raise ConfigError(f"{source}: [{table}] must be a table of keys such as [train] with epochs = 6")
+        # JSON writes strings, numbers, booleans and lists of them as TOML values.
+        file_overrides += [f"{table}.{key}={json.dumps(value)}" for key, value in values.items()]
+    config = resolve_config(dataset, None, [*file_overrides, *overrides])
     output_dir = sweep_table.pop("output_dir", None)
     try:
         sweep = Sweep(config=config, **sweep_table)

@@ -153,17 +153,23 @@ def test_bad_sweep_settings_are_refused(config, field, value, message):
         make_sweep(config, **{field: value})
 
 
-def test_proxy_anchor_proxies_get_their_own_optimizer_at_100x(config, datasets, tmp_path, monkeypatch):
+@pytest.fixture
+def seen(monkeypatch):
+    """The keyword arguments the runner gives PML's MetricLossOnly, recorded as the trainer is built."""
     from pytorch_metric_learning import trainers
 
-    seen = {}
+    recorded = {}
 
     class Recording(trainers.MetricLossOnly):
         def __init__(self, *args, **kwargs):
-            seen.update(kwargs)
+            recorded.update(kwargs)
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(trainers, "MetricLossOnly", Recording)
+    return recorded
+
+
+def test_proxy_anchor_proxies_get_their_own_optimizer_at_100x(config, datasets, tmp_path, seen):
     benchmark.run_one(make_sweep(config, losses=["proxy_anchor"]), "proxy_anchor", 0, datasets, tmp_path)
 
     optimizers, loss = seen["optimizers"], seen["loss_funcs"]["metric_loss"]
@@ -174,17 +180,7 @@ def test_proxy_anchor_proxies_get_their_own_optimizer_at_100x(config, datasets, 
     assert loss.proxies.shape == (10, 8)  # one proxy per training class
 
 
-def test_the_configs_learning_rate_schedule_is_used(config, datasets, tmp_path, monkeypatch):
-    from pytorch_metric_learning import trainers
-
-    seen = {}
-
-    class Recording(trainers.MetricLossOnly):
-        def __init__(self, *args, **kwargs):
-            seen.update(kwargs)
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(trainers, "MetricLossOnly", Recording)
+def test_the_configs_learning_rate_schedule_is_used(config, datasets, tmp_path, seen):
     config["train"].update(lr_milestones=[1], lr_gamma=0.1)
     benchmark.run_one(make_sweep(config), "triplet", 0, datasets, tmp_path)
     # Two epochs with a milestone after the first: the second trains at lr × 0.1.
@@ -192,17 +188,9 @@ def test_the_configs_learning_rate_schedule_is_used(config, datasets, tmp_path, 
     assert set(seen["lr_schedulers"]) == {"trunk_scheduler_by_epoch"}
 
 
-def test_miners_are_passed_to_the_trainer(config, datasets, tmp_path, monkeypatch):
-    from pytorch_metric_learning import miners, trainers
+def test_miners_are_passed_to_the_trainer(config, datasets, tmp_path, seen):
+    from pytorch_metric_learning import miners
 
-    seen = {}
-
-    class Recording(trainers.MetricLossOnly):
-        def __init__(self, *args, **kwargs):
-            seen.update(kwargs)
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(trainers, "MetricLossOnly", Recording)
     benchmark.run_one(make_sweep(config), "triplet", 0, datasets, tmp_path)
     miner = seen["mining_funcs"]["tuple_miner"]
     assert isinstance(miner, miners.TripletMarginMiner) and miner.type_of_triplets == "semihard"
@@ -315,10 +303,27 @@ def test_committed_sweep_files_are_valid(path):
             "fastap"} <= set(sweep.losses)  # fmt: skip
 
 
-def test_unknown_sweep_key_names_the_key(tmp_path):
+def test_sweep_file_tables_override_the_recipe_and_its_model_variant(tmp_path):
     path = tmp_path / "sweep.toml"
-    path.write_text('[sweep]\nlosses = ["rsk"]\nbudget = 10\n')
-    with pytest.raises(ConfigError, match="sweep.budget"):
+    path.write_text('[sweep]\nlosses = ["rsk"]\n\n[model]\nname = "vit_b16"\n\n[train]\nepochs = 3\n')
+    sweep, _ = benchmark.load_sweep(path, dataset="cub", overrides=["data.root=/data/CUB_200_2011"])
+    # The CUB recipe's ViT-B/16 variant (AdamW at 1e-5), with the file's epochs on top.
+    assert (sweep.config["model"]["name"], sweep.config["train"]["optimizer"]) == ("vit_b16", "adamw")
+    assert sweep.config["train"]["lr"] == pytest.approx(1e-5)
+    assert sweep.config["train"]["epochs"] == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [('[sweep]\nlosses = ["rsk"]\nbudget = 10\n', "sweep.budget"),
+     ('[train]\nepoch = 3\n', "did you mean train.epochs"),
+     ('[sweep]\nglyphs = "one_face_per_family"\n', "table of Glyphs arguments"),
+     ('[sweep]\nseeds = [0, "1"]\n', "seeds must be")],
+)  # fmt: skip
+def test_sweep_file_mistakes_name_the_key(text, message, tmp_path):
+    path = tmp_path / "sweep.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
         benchmark.load_sweep(path)
 
 
