@@ -1,11 +1,4 @@
 from .recall_k_surrogate_loss import RecallKSurrogateLoss
+from .similarity_mixup import SimilarityMixup
 
 __all__ = ["RecallKSurrogateLoss", "SimilarityMixup"]
-
-
-def __getattr__(name):
-    if name == "SimilarityMixup":
-        from .similarity_mixup import SimilarityMixup
-
-        return SimilarityMixup
-    raise AttributeError(name)

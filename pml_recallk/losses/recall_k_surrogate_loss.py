@@ -34,7 +34,7 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
         count_query_in_rank: count the query itself in the rank of its positives, as the authors' released code
             does (inflates every rank by about 1). Default: the paper's definition, query excluded.
         query_chunk_size: queries per chunk; memory grows with chunk × max positives × database size. ``None``
-            chooses about 8 M sigmoid terms per chunk.
+            chooses about 2 M (CPU) or 16 M (GPU) sigmoid terms per chunk.
         **kwargs: PML's ``distance`` (a similarity: ``CosineSimilarity``, the default, or
             ``DotProductSimilarity``), ``reducer``, ``embedding_regularizer``, ...
 
