@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from .._io import save_npz_atomic
 from .common import check_split
 from .fonts import (
     LATIN_LETTERS,
@@ -98,28 +98,19 @@ class GlyphTable:
 
     def save(self, path: Path) -> None:
         """Write to ``path`` atomically (a temporary file, then a rename), so readers never see half a file."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(
-                    f,
-                    characters=np.array(self.characters),
-                    images=self.images,
-                    char_index=self.char_index,
-                    face_index=self.face_index,
-                    face_names=self.face_names,
-                    face_paths=self.face_paths,
-                    face_family=self.face_family,
-                    family_names=self.family_names,
-                    family_representative=self.family_representative,
-                    dropped=np.array(json.dumps(self.dropped)),
-                )
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is shared like any other file
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_npz_atomic(
+            path,
+            characters=np.array(self.characters),
+            images=self.images,
+            char_index=self.char_index,
+            face_index=self.face_index,
+            face_names=self.face_names,
+            face_paths=self.face_paths,
+            face_family=self.face_family,
+            family_names=self.family_names,
+            family_representative=self.family_representative,
+            dropped=np.array(json.dumps(self.dropped)),
+        )
 
     @classmethod
     def load(cls, path: Path) -> GlyphTable:
