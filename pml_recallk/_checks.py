@@ -99,9 +99,13 @@ def check_k_values(value: Any, name: str = "k_values") -> list[int]:
 def check_embeddings(embeddings: Any, name: str, *, check_finite: bool = False) -> None:
     """A non-empty 2-D floating-point tensor (batch_size, embedding_size); optionally all finite (a host sync)."""
     if not torch.is_tensor(embeddings):
-        raise TypeError(f"{name} must be a 2-D torch tensor (batch_size, embedding_size), got {type(embeddings).__name__}")
+        raise TypeError(
+            f"{name} must be a 2-D torch tensor (batch_size, embedding_size), got {type(embeddings).__name__}"
+        )
     if embeddings.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D tensor (batch_size, embedding_size), got shape {tuple(embeddings.shape)}")
+        raise ValueError(
+            f"{name} must be a 2-D tensor (batch_size, embedding_size), got shape {tuple(embeddings.shape)}"
+        )
     if len(embeddings) == 0:
         raise ValueError(f"{name} is empty; the loss needs at least one query and one database item")
     if not embeddings.is_floating_point():
