@@ -1,4 +1,18 @@
-"""Datasets: the five benchmarks of the paper read from local folders, and the embedded glyph data."""
+"""Datasets: the five benchmarks of the paper read from local folders, and the embedded glyph data.
+
+Each data set has a short name (the one the configuration and the command line use) and a class; the class
+carries its evaluation protocol as the attribute ``recall_k_values``, the k of the Recall@k that papers report
+for it (docs/method.md §5), and ``splits``, the splits it can load.
+
+Example:
+    >>> from pml_recallk.datasets import dataset_class, recall_k_values
+    >>> recall_k_values("sop")
+    (1, 10, 100, 1000)
+    >>> dataset_class("CUB").__name__, dataset_class("cub").splits
+    ('CUB200', ('train', 'test'))
+"""
+
+from __future__ import annotations
 
 from importlib import import_module
 
@@ -12,7 +26,32 @@ _PUBLIC = {
     "class_disjoint_split": ".common",
 }
 
-__all__ = sorted(_PUBLIC)
+DATASET_CLASSES: dict[str, str] = {
+    "glyphs": "Glyphs",
+    "cub": "CUB200",
+    "cars196": "Cars196",
+    "sop": "StanfordOnlineProducts",
+    "inaturalist": "INaturalist2018",
+    "vehicleid": "VehicleID",
+}
+"""The short name of every data set and the name of its class in this package: the one list of data sets."""
+
+__all__ = sorted([*_PUBLIC, "DATASET_CLASSES", "dataset_class", "recall_k_values"])
+
+
+def dataset_class(name: str) -> type:
+    """The class of the data set called ``name`` (a key of :data:`DATASET_CLASSES`, any case)."""
+    if not isinstance(name, str):
+        raise TypeError(f"dataset name must be a string such as 'cub', got {name!r} ({type(name).__name__})")
+    key = name.lower()
+    if key not in DATASET_CLASSES:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASET_CLASSES)}")
+    return __getattr__(DATASET_CLASSES[key])
+
+
+def recall_k_values(name: str) -> tuple[int, ...]:
+    """The k of the Recall@k reported for the data set called ``name``: its class's ``recall_k_values``."""
+    return tuple(dataset_class(name).recall_k_values)
 
 
 def __getattr__(name: str):

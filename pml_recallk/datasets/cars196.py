@@ -55,6 +55,8 @@ class Cars196(ImageListDataset):
     """
 
     splits = ("train", "test")
+    # The k of the Recall@k reported for this benchmark (docs/method.md §5).
+    recall_k_values = (1, 2, 4, 8)
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable[[Any], Any] | None = None):
         check_split("Cars196", split, self.splits)

@@ -33,6 +33,8 @@ class CUB200(ImageListDataset):
     """
 
     splits = ("train", "test")
+    # The k of the Recall@k reported for this benchmark (docs/method.md §5).
+    recall_k_values = (1, 2, 4, 8)
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable[[Any], Any] | None = None):
         check_split("CUB200", split, self.splits)

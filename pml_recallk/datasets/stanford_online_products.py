@@ -36,6 +36,8 @@ class StanfordOnlineProducts(ImageListDataset):
     """
 
     splits = ("train", "test")
+    # The k of the Recall@k reported for this benchmark (docs/method.md §5).
+    recall_k_values = (1, 10, 100, 1000)
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable[[Any], Any] | None = None):
         check_split("StanfordOnlineProducts", split, self.splits)

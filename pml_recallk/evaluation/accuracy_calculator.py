@@ -4,6 +4,7 @@ neighbours, for several k at once, memory-bounded on SOP- and iNaturalist-sized 
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,16 +14,8 @@ from pytorch_metric_learning.utils import accuracy_calculator as pml_accuracy
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
+from ..datasets import DATASET_CLASSES, recall_k_values
 from .knn import ChunkedKNN, faiss_available
-
-# The k of each benchmark's published Recall@k (SPEC §5; VehicleID on each of its three test sets).
-DATASET_K_VALUES = {
-    "cub": (1, 2, 4, 8),
-    "cars196": (1, 2, 4, 8),
-    "sop": (1, 10, 100, 1000),
-    "inaturalist": (1, 4, 16, 32),
-    "vehicleid": (1, 5),
-}
 
 # PML metrics that only read the first R = (class size - self) neighbour columns.
 _FIRST_R_COLUMN_METRICS = ("r_precision", "mean_average_precision_at_r")
@@ -32,6 +25,24 @@ _LARGEST_EXACT_FLOAT32_INT = 2**24
 
 # Rows of the (queries × neighbours) label comparison done at a time when looking for the first hit.
 _HIT_RANK_ROWS = 8192
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DATASET_K_VALUES":
+        warnings.warn(_DATASET_K_VALUES_DEPRECATED, DeprecationWarning, stacklevel=2)
+        return _dataset_k_values()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_DATASET_K_VALUES_DEPRECATED = (
+    "DATASET_K_VALUES is deprecated and will be removed in the next release; use "
+    "pml_recallk.datasets.recall_k_values(name), or the dataset class's recall_k_values attribute"
+)
+
+
+def _dataset_k_values() -> dict[str, tuple[int, ...]]:
+    """What ``DATASET_K_VALUES`` held: the k of each of the paper's five benchmarks."""
+    return {name: recall_k_values(name) for name in DATASET_CLASSES if name != "glyphs"}
 
 
 class RecallAtKAccuracyCalculator(AccuracyCalculator):
@@ -95,21 +106,25 @@ class RecallAtKAccuracyCalculator(AccuracyCalculator):
 
     @classmethod
     def for_dataset(cls, name: str, **kwargs: Any) -> RecallAtKAccuracyCalculator:
-        """The calculator for a benchmark's protocol: its published k (``DATASET_K_VALUES``).
+        """Deprecated: the k of each benchmark now live with its dataset class (``CUB200.recall_k_values``).
 
-        Unless ``include`` is given, it computes only those ``recall_at_<k>`` and
-        ``mean_average_precision_at_r``, all memory-bounded on the full test sets (PML's default metric set
-        includes ``mean_average_precision`` over the whole ranking, which needs N × N memory).
+        Use instead::
 
-        >>> RecallAtKAccuracyCalculator.for_dataset("sop").get_curr_metrics()
-        ['mean_average_precision_at_r', 'recall_at_1', 'recall_at_10', 'recall_at_100', 'recall_at_1000']
+            k_values = pml_recallk.datasets.recall_k_values(name)
+            include = tuple(f"recall_at_{k}" for k in k_values) + ("mean_average_precision_at_r",)
+            RecallAtKAccuracyCalculator(k_values=k_values, include=include)
+
+        which is what this method returns (``include`` can still be overridden).
         """
-        key = name.lower() if isinstance(name, str) else name
-        if key not in DATASET_K_VALUES:
-            raise ValueError(f"unknown dataset {name!r}: for_dataset knows {sorted(DATASET_K_VALUES)}")
+        warnings.warn(
+            "RecallAtKAccuracyCalculator.for_dataset is deprecated and will be removed in the next release; use "
+            "RecallAtKAccuracyCalculator(k_values=pml_recallk.datasets.recall_k_values(name), include=...)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         if "k_values" in kwargs:
             raise TypeError("for_dataset chooses k_values; to set them, call RecallAtKAccuracyCalculator(k_values=...)")
-        k_values = DATASET_K_VALUES[key]
+        k_values = recall_k_values(name)
         kwargs.setdefault("include", tuple(f"recall_at_{k}" for k in k_values) + ("mean_average_precision_at_r",))
         return cls(k_values=k_values, **kwargs)
 

@@ -15,7 +15,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pml_recallk.datasets import CUB200, Cars196, INaturalist2018, StanfordOnlineProducts, VehicleID
+from pml_recallk._checks import check_k_values
+from pml_recallk.datasets import (
+    CUB200,
+    DATASET_CLASSES,
+    Cars196,
+    INaturalist2018,
+    StanfordOnlineProducts,
+    VehicleID,
+    dataset_class,
+    recall_k_values,
+)
 
 
 @dataclass
@@ -371,3 +381,42 @@ def test_cars_class_out_of_range_names_the_annotation(tmp_path):
     savemat(tree.root / "cars_annos.mat", {"annotations": annotations})
     with pytest.raises(ValueError, match="annotation 2"):
         Cars196(tree.root, "train")
+
+
+# ------------------------------------------------------------------------------------------ names and protocols
+
+# docs/method.md §5: the k of the Recall@k each benchmark's papers report.
+PAPER_K_VALUES = {
+    "cub": (1, 2, 4, 8),
+    "cars196": (1, 2, 4, 8),
+    "sop": (1, 10, 100, 1000),
+    "inaturalist": (1, 4, 16, 32),
+    "vehicleid": (1, 5),
+}
+
+
+@pytest.mark.parametrize("name", list(LOADERS))
+def test_recall_k_values_are_the_papers(name):
+    loader, _ = LOADERS[name]
+    assert loader.recall_k_values == PAPER_K_VALUES[name]
+    assert recall_k_values(name) == recall_k_values(name.upper()) == PAPER_K_VALUES[name]
+    assert dataset_class(name) is dataset_class(name.title()) is loader
+    assert list(loader.splits) == SPLITS[name]
+
+
+@pytest.mark.parametrize("name", sorted(DATASET_CLASSES))
+def test_every_named_dataset_has_splits_and_valid_k_values(name):
+    cls = dataset_class(name)
+    assert cls.__name__ == DATASET_CLASSES[name]
+    assert check_k_values(list(cls.recall_k_values)) == sorted(cls.recall_k_values)
+    assert 1 in cls.recall_k_values  # Recall@1 chooses the best epoch
+    assert "train" in cls.splits and len(cls.splits) >= 2
+
+
+def test_unknown_dataset_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match="cifar") as error:
+        recall_k_values("cifar")
+    for name in DATASET_CLASSES:
+        assert repr(name) in str(error.value)
+    with pytest.raises(TypeError, match="string"):
+        dataset_class(3)

@@ -11,7 +11,7 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from recall_reference import hit_bounds, per_class, recall_bounds, squared_euclidean
 
 from pml_recallk import RecallAtKAccuracyCalculator
-from pml_recallk.evaluation import DATASET_K_VALUES, ChunkedKNN
+from pml_recallk.evaluation import ChunkedKNN
 
 K_VALUES = (1, 2, 3, 5, 10, 32)
 PML_KNN_METRICS = (
@@ -323,24 +323,44 @@ def test_k_values_are_sorted_and_unique():
     assert {"recall_at_1", "recall_at_5", "recall_at_16"} <= set(calc.get_curr_metrics())
 
 
-@pytest.mark.parametrize("name,k_values", sorted(DATASET_K_VALUES.items()))
-def test_dataset_presets(name, k_values):
-    # SPEC §5: CUB, Cars (1, 2, 4, 8); SOP (1, 10, 100, 1000); iNaturalist (1, 4, 16, 32); VehicleID (1, 5).
-    spec = {"cub": (1, 2, 4, 8), "cars196": (1, 2, 4, 8), "sop": (1, 10, 100, 1000)}
-    spec |= {"inaturalist": (1, 4, 16, 32), "vehicleid": (1, 5)}
-    assert k_values == spec[name]
-    calc = RecallAtKAccuracyCalculator.for_dataset(name)
-    assert calc.k_values == spec[name]
-    assert set(calc.get_curr_metrics()) == {f"recall_at_{k}" for k in spec[name]} | {"mean_average_precision_at_r"}
-    assert RecallAtKAccuracyCalculator.for_dataset(name.upper(), include=("recall_at_1",)).get_curr_metrics() == [
-        "recall_at_1"
-    ]
+# docs/method.md §5: CUB, Cars (1, 2, 4, 8); SOP (1, 10, 100, 1000); iNaturalist (1, 4, 16, 32); VehicleID (1, 5).
+PAPER_K_VALUES = {
+    "cub": (1, 2, 4, 8),
+    "cars196": (1, 2, 4, 8),
+    "sop": (1, 10, 100, 1000),
+    "inaturalist": (1, 4, 16, 32),
+    "vehicleid": (1, 5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_K_VALUES))
+def test_deprecated_for_dataset_still_gives_the_paper_protocol(name):
+    with pytest.deprecated_call(match="recall_k_values"):
+        calc = RecallAtKAccuracyCalculator.for_dataset(name)
+    assert calc.k_values == PAPER_K_VALUES[name]
+    assert set(calc.get_curr_metrics()) == {f"recall_at_{k}" for k in PAPER_K_VALUES[name]} | {
+        "mean_average_precision_at_r"
+    }
+    with pytest.deprecated_call():
+        upper = RecallAtKAccuracyCalculator.for_dataset(name.upper(), include=("recall_at_1",))
+    assert upper.get_curr_metrics() == ["recall_at_1"]
+
+
+def test_deprecated_dataset_k_values_table():
+    import pml_recallk.evaluation as evaluation
+    from pml_recallk.evaluation import accuracy_calculator
+
+    for module in (evaluation, accuracy_calculator):
+        with pytest.deprecated_call(match="recall_k_values"):
+            assert module.DATASET_K_VALUES == PAPER_K_VALUES
+    with pytest.raises(AttributeError):
+        evaluation.NO_SUCH_NAME  # noqa: B018
 
 
 def test_dataset_preset_errors():
-    with pytest.raises(ValueError, match="cub"):
+    with pytest.deprecated_call(), pytest.raises(ValueError, match="cub"):
         RecallAtKAccuracyCalculator.for_dataset("cifar")
-    with pytest.raises(TypeError, match="k_values"):
+    with pytest.deprecated_call(), pytest.raises(TypeError, match="k_values"):
         RecallAtKAccuracyCalculator.for_dataset("sop", k_values=(1,))
 
 
