@@ -1,0 +1,273 @@
+"""CrossBatchMemory: PML's cross-batch memory (XBM) that also takes the Recall@k surrogate (RS@k) and SiMix."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from pytorch_metric_learning import losses as pml_losses
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+
+from .._checks import check_embeddings, check_labels, check_positive_int
+from .recall_k_surrogate_loss import RecallKSurrogateLoss, float_embeddings, loss_precision
+from .similarity_mixup import SimilarityMixup, mix_columns, same_class_pairs, virtual_items_of_parents
+
+UNKNOWN_SAMPLE_ID = -1
+# SiMix modes in which virtual items only extend the database: the only kind a memory of real queries can take.
+DATABASE_MODES = ("database_only", "database")
+
+
+class CrossBatchMemory(pml_losses.CrossBatchMemory):
+    r"""PML's ``CrossBatchMemory`` whose loss may also be ``RecallKSurrogateLoss`` or
+    ``SimilarityMixup(RecallKSurrogateLoss(), mode="database")``.
+
+    For the Recall@k losses the queries are the current batch and the database is the memory: a queue of the
+    last ``memory_size`` detached embeddings, the current batch included (it is enqueued before the loss, as
+    PML does). Each query's own entry is left out of its database (docs/method.md §1): it is neither a
+    positive nor counted in any rank, so for query q with memory M and sample ids ``id``::
+
+        Ω_q = {z ∈ M : z ≠ q's own entry, id(z) ≠ id(q)}          (the second condition only with sample_ids)
+        r̃(q,p) = 1 + Σ_{z ∈ Ω_q, z ≠ p} σ((s(q,z) − s(q,p)) / rank_temperature)   for p ∈ P_q ⊆ Ω_q
+
+    and ℓ(q) is the RS@k loss of docs/method.md §2 on that database. Gradients flow through the queries only.
+    With ``SimilarityMixup`` in database mode, virtual items mixed from same-class pairs of the enqueued batch
+    extend the database (docs/method.md §3), each query's own virtual items left out. Every other PML loss
+    goes through PML's ``forward`` unchanged.
+
+    Args:
+        loss: ``RecallKSurrogateLoss``, ``SimilarityMixup`` over it with ``mode="database"``, or any loss PML's
+            ``CrossBatchMemory`` supports.
+        embedding_size: the embeddings' width d.
+        memory_size: the queue's length; at least the number of items enqueued per call.
+        miner: as in PML. For the Recall@k losses a miner (and an ``indices_tuple``) only weights the queries:
+            each by how often it is an anchor, divided by the largest count (PML's ``convert_to_weights``).
+
+    ``forward(embeddings, labels, indices_tuple=None, enqueue_mask=None, sample_ids=None)``: PML's arguments,
+    plus ``sample_ids`` (one non-negative int per row, e.g. the dataset index; Recall@k losses only), which
+    also leaves out of each query's database the older copies of the same sample still in the queue.
+
+    Example:
+        >>> import torch
+        >>> from pml_recallk import CrossBatchMemory, RecallKSurrogateLoss
+        >>> loss_fn = CrossBatchMemory(loss=RecallKSurrogateLoss(), embedding_size=16, memory_size=128)
+        >>> embeddings = torch.randn(32, 16, requires_grad=True)
+        >>> labels = torch.arange(8).repeat_interleave(4)
+        >>> loss = loss_fn(embeddings, labels, sample_ids=torch.arange(32))
+        >>> loss.backward()
+        >>> loss_fn.queue_idx
+        32
+
+    The memory is kept in float32 (float64 embeddings: float64) and the loss computed in that precision, also
+    under autocast; the memory moves to the embeddings' device.
+    """
+
+    def __init__(
+        self,
+        loss: torch.nn.Module,
+        embedding_size: int,
+        memory_size: int = 1024,
+        miner: torch.nn.Module | None = None,
+        **kwargs,
+    ):
+        embedding_size = check_positive_int(embedding_size, "embedding_size")
+        memory_size = check_positive_int(memory_size, "memory_size")
+        super().__init__(loss=loss, embedding_size=embedding_size, memory_size=memory_size, miner=miner, **kwargs)
+        if isinstance(loss, SimilarityMixup) and loss.mode not in DATABASE_MODES:
+            raise ValueError(
+                "CrossBatchMemory takes SimilarityMixup only in its database mode (virtual items extend the memory's "
+                f"database; mode='database_only', called 'database' in release 0.1); got mode={loss.mode!r}"
+            )
+
+    @staticmethod
+    def supported_losses() -> list[str]:
+        return pml_losses.CrossBatchMemory.supported_losses() + ["RecallKSurrogateLoss", "SimilarityMixup"]
+
+    @classmethod
+    def check_loss_support(cls, loss_name: str) -> None:
+        if loss_name not in cls.supported_losses():
+            raise ValueError(f"CrossBatchMemory not supported for {loss_name}; supported: {cls.supported_losses()}")
+
+    def reset_queue(self) -> None:
+        super().reset_queue()
+        self.register_buffer("sample_id_memory", torch.full((self.memory_size,), UNKNOWN_SAMPLE_ID, dtype=torch.long))
+
+    @property
+    def recall_loss(self) -> RecallKSurrogateLoss | None:
+        """The wrapped ``RecallKSurrogateLoss`` (inside SiMix too), or None for PML's losses."""
+        inner = self.loss.loss if isinstance(self.loss, SimilarityMixup) else self.loss
+        return inner if isinstance(inner, RecallKSurrogateLoss) else None
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices_tuple=None,
+        enqueue_mask: torch.Tensor | None = None,
+        sample_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        enqueued = self._check_batch(embeddings, labels, indices_tuple, enqueue_mask, sample_ids)
+        if self.recall_loss is None:
+            if sample_ids is not None:
+                raise ValueError(
+                    f"sample_ids is supported with RecallKSurrogateLoss only; {type(self.loss).__name__} goes "
+                    "through PML's CrossBatchMemory, which excludes a query's own entry only"
+                )
+            return super().forward(embeddings, labels, indices_tuple, enqueue_mask)
+        self.reset_stats()
+        device = embeddings.device
+        labels = labels.to(device)
+        self._move_memory(device, float_embeddings(embeddings).dtype, labels.dtype)
+        if sample_ids is not None:
+            sample_ids = sample_ids.to(device)
+        if enqueue_mask is None:
+            queries, query_labels, query_ids = embeddings, labels, sample_ids
+        else:
+            enqueue_mask = enqueue_mask.to(device)
+            queries, query_labels = embeddings[~enqueue_mask], labels[~enqueue_mask]
+            query_ids = None if sample_ids is None else sample_ids[~enqueue_mask]
+            embeddings, labels = embeddings[enqueue_mask], labels[enqueue_mask]
+            sample_ids = None if sample_ids is None else sample_ids[enqueue_mask]
+        if enqueued > 0:
+            self.add_to_memory(embeddings, labels, enqueued, sample_ids)
+        else:
+            self.curr_batch_idx = torch.zeros(0, dtype=torch.long, device=device)
+        return self._recall_loss(queries, query_labels, query_ids, labels, indices_tuple, enqueue_mask is None)
+
+    def add_to_memory(self, embeddings, labels, batch_size, sample_ids=None):
+        # PML casts the memory to the embeddings' dtype before this; the Recall@k path keeps it in float32.
+        super().add_to_memory(embeddings.to(self.embedding_memory.dtype), labels, batch_size)
+        if sample_ids is None:
+            self.sample_id_memory[self.curr_batch_idx] = UNKNOWN_SAMPLE_ID
+        else:
+            self.sample_id_memory[self.curr_batch_idx] = sample_ids.to(self.sample_id_memory.device)
+
+    def filled_memory(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(embeddings, labels, sample ids) of the filled part of the queue, in queue order (row = column)."""
+        size = self.memory_size if self.has_been_filled else self.queue_idx
+        return self.embedding_memory[:size], self.label_memory[:size], self.sample_id_memory[:size]
+
+    def _check_batch(self, embeddings, labels, indices_tuple, enqueue_mask, sample_ids) -> int:
+        """Guards for forward's arguments; returns the number of items that will be enqueued."""
+        check_embeddings(embeddings, "embeddings", check_finite=self.recall_loss is not None)
+        if embeddings.shape[1] != self.embedding_size:
+            raise ValueError(
+                f"embeddings have size {embeddings.shape[1]} but embedding_size={self.embedding_size}; build "
+                "CrossBatchMemory with the embedding size of the model"
+            )
+        check_labels(labels, "labels", length=len(embeddings))
+        if sample_ids is not None:
+            check_labels(sample_ids, "sample_ids", length=len(embeddings))
+            if bool((sample_ids < 0).any()):
+                raise ValueError("sample_ids must be >= 0 (e.g. the dataset index of each row)")
+        if indices_tuple is not None and enqueue_mask is not None:
+            raise ValueError("indices_tuple and enqueue_mask are mutually exclusive")
+        enqueued = len(embeddings)
+        if enqueue_mask is not None:
+            if not torch.is_tensor(enqueue_mask) or enqueue_mask.dtype != torch.bool:
+                got = getattr(enqueue_mask, "dtype", type(enqueue_mask).__name__)
+                raise TypeError(f"enqueue_mask must be a bool tensor (True = enqueue this row), got {got}")
+            if enqueue_mask.shape != (len(embeddings),):
+                raise ValueError(
+                    f"enqueue_mask has shape {tuple(enqueue_mask.shape)} but embeddings has {len(embeddings)} rows; "
+                    "give one bool per row"
+                )
+            enqueued = int(enqueue_mask.sum())
+        if enqueued > self.memory_size:
+            raise ValueError(
+                f"memory_size={self.memory_size} is smaller than the {enqueued} items enqueued per call; use a "
+                "memory at least as large as the batch"
+            )
+        return enqueued
+
+    def _move_memory(self, device: torch.device, dtype: torch.dtype, label_dtype: torch.dtype) -> None:
+        self.embedding_memory = self.embedding_memory.to(device=device, dtype=dtype)
+        self.label_memory = self.label_memory.to(device=device, dtype=label_dtype)
+        self.sample_id_memory = self.sample_id_memory.to(device=device)
+
+    def _recall_loss(self, queries, query_labels, query_ids, enqueued_labels, indices_tuple, queries_enqueued):
+        """RS@k of the queries against the memory, own entries (and stale copies) left out; reduced."""
+        rsk = self.recall_loss
+        rsk.reset_stats()
+        memory, memory_labels, memory_ids = self.filled_memory()
+        self_index = self.curr_batch_idx if queries_enqueued else None
+        if len(queries) == 0 or len(memory) == 0:
+            return rsk.reducer(rsk.zero_losses(), queries, query_labels)
+        excluded = None if query_ids is None else stale_copies(query_ids, memory_ids, self_index)
+        weights = self._query_weights(queries, query_labels, memory, memory_labels, indices_tuple, queries_enqueued)
+        with loss_precision(queries):
+            sim = rsk.distance(float_embeddings(queries), memory)
+            database_labels = memory_labels
+            if isinstance(self.loss, SimilarityMixup) and self.loss.training:
+                sim, database_labels, excluded = self._mix_database(
+                    sim, memory_labels, enqueued_labels, excluded, queries_enqueued
+                )
+            loss_dict = rsk.loss_from_similarities(
+                sim, query_labels, database_labels, self_index=self_index, excluded_index=excluded, weights=weights
+            )
+        rsk.add_embedding_regularization_to_loss_dict(loss_dict, queries)
+        return rsk.reducer(loss_dict, queries, query_labels)
+
+    def _query_weights(self, queries, query_labels, memory, memory_labels, indices_tuple, queries_enqueued):
+        """Per-query weights from the miner's and the caller's tuples (anchors only), or None (all ones)."""
+        anchors = []
+        if self.miner is not None:
+            mined = self.miner(queries, query_labels, memory, memory_labels)
+            if queries_enqueued:
+                mined = lmu.remove_self_comparisons(mined, self.curr_batch_idx, self.memory_size)
+            anchors.append(lmu.get_anchors(mined))
+        if indices_tuple is not None:
+            anchors.append(lmu.get_anchors(indices_tuple))
+        if not anchors:
+            return None
+        anchors = torch.cat([a.to(queries.device) for a in anchors])
+        weights = torch.zeros(len(queries), dtype=float_embeddings(queries).dtype, device=queries.device)
+        if len(anchors) == 0:  # PML's rule (convert_to_weights): an empty tuple weights every query 1
+            return weights + 1
+        anchors, counts = torch.unique(anchors, return_counts=True)
+        weights[anchors] = counts.to(weights.dtype) / counts.max()
+        return weights
+
+    def _mix_database(self, sim, memory_labels, enqueued_labels, excluded, queries_enqueued):
+        """Append SiMix's virtual columns s(q, v) = α·s(q, i) + (1−α)·s(q, j) for same-class pairs (i, j) of the
+        enqueued batch (docs/method.md §3); a query's own virtual items join its excluded columns."""
+        simix = self.loss
+        first, second = same_class_pairs(enqueued_labels, simix.max_pairs_per_class)
+        simix.num_virtual = len(first)
+        if simix.num_virtual == 0:
+            if not simix._warned_no_pairs:
+                warnings.warn(
+                    "SimilarityMixup: no class has 2 or more samples in the batch, so there is nothing to mix; "
+                    "computing the plain loss against the memory (use a sampler with several samples per class)",
+                    stacklevel=3,
+                )
+                simix._warned_no_pairs = True
+            return sim, memory_labels, excluded
+        low, high = simix.alpha_range
+        alpha = torch.rand(len(first), device=sim.device, dtype=torch.float64) * (high - low) + low
+        columns = self.curr_batch_idx
+        virtual = mix_columns(sim, columns[first], columns[second], alpha.to(sim.dtype))
+        database_labels = torch.cat([memory_labels, enqueued_labels[first]])
+        if queries_enqueued:
+            parents = virtual_items_of_parents(first, second, len(sim), offset=sim.shape[1])
+            excluded = parents if excluded is None else torch.cat([excluded, parents], dim=1)
+        return torch.cat([sim, virtual], dim=1), database_labels, excluded
+
+
+def stale_copies(
+    query_ids: torch.Tensor, memory_ids: torch.Tensor, self_index: torch.Tensor | None
+) -> torch.Tensor | None:
+    """(queries, X) memory columns that hold the query's sample id, other than its own entry; -1 padding.
+
+    None when no query has such a copy. Entries of unknown id (-1) never match.
+    """
+    same = (query_ids[:, None] == memory_ids[None, :]) & (memory_ids >= 0)[None, :]
+    if self_index is not None:
+        same[torch.arange(len(query_ids), device=same.device), self_index] = False
+    counts = same.sum(1)
+    if not bool(counts.any()):
+        return None
+    rows, columns = same.nonzero(as_tuple=True)
+    slot = torch.arange(len(rows), device=same.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    excluded = torch.full((len(query_ids), int(counts.max())), -1, dtype=torch.long, device=same.device)
+    excluded[rows, slot] = columns
+    return excluded
