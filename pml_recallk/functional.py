@@ -1,10 +1,11 @@
 """Pure tensor maths of the Recall@k surrogate (RS@k): soft ranks, surrogate recall and their exact counterparts.
 
 No PyTorch-Metric-Learning import: these functions take a similarity matrix (queries × database, larger = more
-similar) and labels, and return per-query quantities. ``RecallKSurrogateLoss`` and ``SimilarityMixup`` are thin
+similar), or the embeddings whose dot products are the similarities (the tiled functions), and labels, and return
+per-query quantities. ``RecallKSurrogateLoss`` and ``SimilarityMixup`` are thin
 PML-facing layers on top.
 
-Notation (``SPEC.md`` §2). For a query q with database Ω_q and positives P_q ⊆ Ω_q (same label)::
+Notation (docs/method.md §2). For a query q with database Ω_q and positives P_q ⊆ Ω_q (same label)::
 
     soft rank       r̃(q,p) = 1 + Σ_{z ∈ Ω_q, z ≠ p} σ((s(q,z) − s(q,p)) / τ_rank)
     surrogate       R̃_k(q) = min(Σ_{p ∈ P_q} σ((k + k_margin − r̃(q,p)) / τ_k), k) / min(k, |P_q|)
@@ -15,7 +16,9 @@ query itself (``self_index``) is excluded unless ``count_query_in_rank`` (the re
 never a positive.
 
 Memory: the soft ranks need |Q|×|P|max×N sigmoid terms per chunk of |Q| queries. :func:`soft_ranks` is a custom
-autograd function that keeps none of them for backward (it recomputes them), so peak extra memory is one chunk.
+autograd function that keeps none of them for backward (it recomputes them), so peak extra memory beyond the Nq×N
+similarities and their gradient is one chunk. :func:`tiled_soft_ranks` takes the embeddings instead and recomputes
+each tile of similarities from them, so nothing of size Nq×N exists: memory is O((Nq + N)·d + one tile).
 """
 
 from __future__ import annotations
@@ -24,26 +27,21 @@ from collections.abc import Sequence
 
 import torch
 
+from ._tiled import KERNELS, DenseSoftRanks, TiledSoftRanks, default_query_chunk_size, default_tile_size
+
 __all__ = [
     "build_positive_index",
     "soft_ranks",
+    "tiled_soft_ranks",
     "exact_ranks",
     "surrogate_recall_at_k",
     "zero_temperature_recall_at_k",
     "normalised_recall_at_k",
     "recall_k_surrogate_loss",
+    "recall_k_surrogate_loss_tiled",
     "default_query_chunk_size",
+    "default_tile_size",
 ]
-
-# Elements of one |Q|×|P|×N sigmoid tensor per chunk when the chunk size is chosen automatically: small enough to stay
-# in a CPU's cache (8 MB in float32), large enough on a GPU (64 MB) that kernel launches do not dominate.
-_DEFAULT_CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 24}
-
-
-def default_query_chunk_size(num_positives: int, database_size: int, device: torch.device | str = "cpu") -> int:
-    """Queries per chunk so that one chunk's |Q|×|P|×N tensor has about 2 M (CPU) or 16 M (GPU) elements."""
-    budget = _DEFAULT_CHUNK_ELEMENTS.get(torch.device(device).type, _DEFAULT_CHUNK_ELEMENTS["cuda"])
-    return max(1, budget // max(1, num_positives * database_size))
 
 
 def _excluded_columns(
@@ -69,15 +67,17 @@ def build_positive_index(
     database_labels: torch.Tensor,
     self_index: torch.Tensor | None = None,
     excluded_index: torch.Tensor | None = None,
-    chunk_size: int = 4096,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Positives of every query as a padded index.
 
     Returns ``(positive_index, positive_valid)``, both (Nq, Pmax): the database columns with the query's label,
     minus the query's own column (``self_index``) and minus ``excluded_index`` (Nq×X, padded with -1). Padding
-    slots hold index 0 and ``positive_valid`` False.
+    slots hold index 0 and ``positive_valid`` False. ``chunk_size`` queries are compared with all labels at a
+    time (default: about 16 M comparisons).
     """
     num_queries, database_size = len(query_labels), len(database_labels)
+    chunk_size = chunk_size or max(1, (1 << 24) // max(1, database_size))
     device = query_labels.device
     database_labels = database_labels.to(device)
     not_positive = _excluded_columns(num_queries, self_index, excluded_index, True, device)
@@ -108,72 +108,6 @@ def build_positive_index(
     return positive_index, positive_valid
 
 
-def _chunk_sigmoids(scaled_sim, positive_index):
-    """σ(s_z/τ − s_p/τ) for a chunk of similarities already divided by τ: (Q, P, N), and the positives' (Q, P)."""
-    positive_sim = scaled_sim.gather(1, positive_index)
-    return (scaled_sim[:, None, :] - positive_sim[:, :, None]).sigmoid_(), positive_sim
-
-
-def _excluded_sigmoids(scaled_sim, positive_sim, excluded):
-    """σ(s_x/τ − s_p/τ) for the excluded columns x of a chunk: (Q, P, X), zero where x is padding."""
-    excluded_sim = scaled_sim.gather(1, excluded.clamp(min=0))
-    sig = (excluded_sim[:, None, :] - positive_sim[:, :, None]).sigmoid()
-    return sig * (excluded >= 0)[:, None, :]
-
-
-class _SoftRanks(torch.autograd.Function):
-    """Soft ranks of every query's positives, computed chunk by chunk and recomputed in backward.
-
-    The database of a query is all N columns minus its excluded ones. Rather than masking a (Q, P, N) tensor,
-    the sum runs over all N columns and the excluded columns' terms (a small (Q, P, X) tensor) are subtracted.
-    The term z = p is σ(0) = ½ exactly and has zero derivative, so ``1 + Σ_{z≠p}`` is ``½ + Σ_z``.
-    """
-
-    @staticmethod
-    def forward(ctx, sim, positive_index, positive_valid, excluded, rank_temperature, chunk_size):
-        ranks = sim.new_empty(positive_index.shape)
-        for start in range(0, len(sim), chunk_size):
-            rows = slice(start, start + chunk_size)
-            scaled = sim[rows] / rank_temperature
-            sig, positive_sim = _chunk_sigmoids(scaled, positive_index[rows])
-            total = sig.sum(2)
-            del sig
-            if excluded is not None:
-                total -= _excluded_sigmoids(scaled, positive_sim, excluded[rows]).sum(2)
-            ranks[rows] = total + 0.5
-        ranks.masked_fill_(~positive_valid, 0.0)
-        ctx.save_for_backward(sim, positive_index, positive_valid, excluded)
-        ctx.rank_temperature, ctx.chunk_size = rank_temperature, chunk_size
-        return ranks
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_ranks):
-        sim, positive_index, positive_valid, excluded = ctx.saved_tensors
-        tau, chunk_size = ctx.rank_temperature, ctx.chunk_size
-        grad_sim = torch.zeros_like(sim)
-        # dr̃_p/ds_z = σ'/τ for z in the database, and dr̃_p/ds_p = −Σ_z σ'/τ.
-        weight = grad_ranks.masked_fill(~positive_valid, 0.0) / tau
-        for start in range(0, len(sim), chunk_size):
-            rows = slice(start, start + chunk_size)
-            scaled = sim[rows] / tau
-            sig, positive_sim = _chunk_sigmoids(scaled, positive_index[rows])
-            # g_p/τ · σ(1 − σ) in one fused pass (the kernel autograd uses for sigmoid).
-            w = torch.ops.aten.sigmoid_backward(weight[rows, :, None].expand_as(sig), sig)
-            del sig
-            grad_sim[rows] = w.sum(1)
-            grad_positive = -w.sum(2)
-            del w
-            if excluded is not None:
-                cols = excluded[rows]
-                sig_x = _excluded_sigmoids(scaled, positive_sim, cols)
-                w_x = sig_x * (1 - sig_x) * weight[rows, :, None]
-                grad_sim[rows].scatter_add_(1, cols.clamp(min=0), -w_x.sum(1))
-                grad_positive += w_x.sum(2)
-            grad_sim[rows].scatter_add_(1, positive_index[rows], grad_positive)
-        return grad_sim, None, None, None, None, None
-
-
 def soft_ranks(
     sim: torch.Tensor,
     positive_index: torch.Tensor,
@@ -192,9 +126,50 @@ def soft_ranks(
     excluded = _excluded_columns(len(sim), self_index, excluded_index, not count_query_in_rank, sim.device)
     if query_chunk_size is None:
         query_chunk_size = default_query_chunk_size(positive_index.shape[1], sim.shape[1], sim.device)
-    return _SoftRanks.apply(
-        sim, positive_index, positive_valid, excluded, float(rank_temperature), int(query_chunk_size)
+    return DenseSoftRanks.apply(
+        sim, positive_index, positive_valid, excluded, float(rank_temperature), int(query_chunk_size), "torch"
     )
+
+
+def tiled_soft_ranks(
+    query_emb: torch.Tensor,
+    database_emb: torch.Tensor,
+    positive_index: torch.Tensor,
+    positive_valid: torch.Tensor,
+    self_index: torch.Tensor | None = None,
+    excluded_index: torch.Tensor | None = None,
+    rank_temperature: float = 0.01,
+    count_query_in_rank: bool = False,
+    query_chunk_size: int | None = None,
+    tile_size: int | None = None,
+    kernel: str = "torch",
+) -> torch.Tensor:
+    """:func:`soft_ranks` of ``sim = query_emb @ database_emb.T`` without ever holding ``sim``.
+
+    Differentiable w.r.t. both embeddings (pass the same tensor twice for a batch that is its own database). The
+    similarities are computed ``tile_size`` queries at a time (default: about 8 M (CPU) or 64 M (GPU) per tile),
+    in forward and again in backward. ``kernel="triton"`` sums the sigmoids of a tile in a Triton kernel (CUDA,
+    or the Triton interpreter with ``TRITON_INTERPRET=1``) instead of by chunks of ``query_chunk_size`` queries.
+
+    >>> import torch
+    >>> emb = torch.nn.functional.normalize(torch.randn(6, 3, dtype=torch.float64), dim=1)
+    >>> labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    >>> index, valid = build_positive_index(labels, labels, torch.arange(6))
+    >>> dense = soft_ranks(emb @ emb.T, index, valid, torch.arange(6))
+    >>> tiled = tiled_soft_ranks(emb, emb, index, valid, torch.arange(6), tile_size=4)
+    >>> bool(torch.allclose(dense, tiled, rtol=1e-12))
+    True
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    device = query_emb.device
+    excluded = _excluded_columns(len(query_emb), self_index, excluded_index, not count_query_in_rank, device)
+    database_size = len(database_emb)
+    tile_size = int(tile_size or default_tile_size(database_size, device))
+    if query_chunk_size is None:
+        query_chunk_size = default_query_chunk_size(positive_index.shape[1], database_size, device)
+    settings = (float(rank_temperature), tile_size, min(int(query_chunk_size), tile_size), kernel)
+    return TiledSoftRanks.apply(query_emb, database_emb, positive_index, positive_valid, excluded, settings)
 
 
 def exact_ranks(
@@ -301,6 +276,52 @@ def recall_k_surrogate_loss(
         rank_temperature,
         count_query_in_rank,
         query_chunk_size,
+    )
+    recall = surrogate_recall_at_k(ranks, positive_valid, k_values, k_temperature, k_margin)
+    return 1.0 - recall.mean(1), positive_valid.any(1)
+
+
+def recall_k_surrogate_loss_tiled(
+    query_emb: torch.Tensor,
+    database_emb: torch.Tensor,
+    query_labels: torch.Tensor,
+    database_labels: torch.Tensor,
+    self_index: torch.Tensor | None = None,
+    excluded_index: torch.Tensor | None = None,
+    k_values: Sequence[int] = (1, 2, 4, 8, 16),
+    rank_temperature: float = 0.01,
+    k_temperature: float | Sequence[float] = 1.0,
+    k_margin: float = 0.0,
+    count_query_in_rank: bool = False,
+    query_chunk_size: int | None = None,
+    tile_size: int | None = None,
+    kernel: str = "torch",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`recall_k_surrogate_loss` of ``sim = query_emb @ database_emb.T``, in O((Nq + N)·d + one tile) memory.
+
+    The same numbers as the dense function on the product (to rounding); see :func:`tiled_soft_ranks`.
+
+    >>> import torch
+    >>> emb = torch.nn.functional.normalize(torch.randn(8, 4, dtype=torch.float64), dim=1)
+    >>> labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    >>> tiled, _ = recall_k_surrogate_loss_tiled(emb, emb, labels, labels, self_index=torch.arange(8), tile_size=3)
+    >>> dense, _ = recall_k_surrogate_loss(emb @ emb.T, labels, labels, self_index=torch.arange(8))
+    >>> bool(torch.allclose(tiled, dense, rtol=1e-12))
+    True
+    """
+    positive_index, positive_valid = build_positive_index(query_labels, database_labels, self_index, excluded_index)
+    ranks = tiled_soft_ranks(
+        query_emb,
+        database_emb,
+        positive_index,
+        positive_valid,
+        self_index,
+        excluded_index,
+        rank_temperature,
+        count_query_in_rank,
+        query_chunk_size,
+        tile_size,
+        kernel,
     )
     recall = surrogate_recall_at_k(ranks, positive_valid, k_values, k_temperature, k_margin)
     return 1.0 - recall.mean(1), positive_valid.any(1)

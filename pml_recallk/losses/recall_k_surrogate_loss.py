@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import torch
-from pytorch_metric_learning.distances import CosineSimilarity
+from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimilarity
 from pytorch_metric_learning.losses import BaseMetricLossFunction
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from .. import functional as F
+from .. import functional
+from .._checks import (
+    check_bool,
+    check_embeddings,
+    check_k_values,
+    check_labels,
+    check_positive_float,
+    check_positive_int,
+    check_real,
+)
+
+PATHS = ("auto", "dense", "tiled", "fused")
+# path="auto" takes the tiled path when the Nq×N similarities would have more elements than this (64 MB in float32):
+# below it the dense path holds them cheaply and is as fast (benchmarks/results/loss_speed_tiled.md).
+AUTO_TILED_MIN_SIMILARITIES = 1 << 24
 
 
 class RecallKSurrogateLoss(BaseMetricLossFunction):
@@ -35,8 +48,17 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
             does (inflates every rank by about 1). Default: the paper's definition, query excluded.
         query_chunk_size: queries per chunk; memory grows with chunk × max positives × database size. ``None``
             chooses about 2 M (CPU) or 16 M (GPU) sigmoid terms per chunk.
+        path: how the Nq×N similarities are held. ``"dense"``: as one matrix (and its gradient), any similarity.
+            ``"tiled"``: never as a whole; tiles of ``tile_size`` queries are computed from the embeddings in
+            forward and again in backward, memory O((Nq + N)·d + one tile); needs ``CosineSimilarity`` or
+            ``DotProductSimilarity``. ``"fused"``: tiled, with the sigmoid sums of each tile in a Triton kernel
+            (CUDA, or ``TRITON_INTERPRET=1``), so no chunk of Q×P×N sigmoids exists either. ``"auto"``
+            (default): tiled when the similarity allows it and Nq×N > 2²⁴ (B > 4,096 for a batch that is its own
+            database), else dense. Every path gives the same numbers (to float rounding).
+        tile_size: queries per similarity tile of the tiled paths; ``None``: about 8 M (CPU) or 64 M (GPU)
+            similarities per tile.
         **kwargs: PML's ``distance`` (a similarity: ``CosineSimilarity``, the default, or
-            ``DotProductSimilarity``), ``reducer``, ``embedding_regularizer``, ...
+            ``DotProductSimilarity`` with ``power=1``), ``reducer``, ``embedding_regularizer``, ...
 
     Example:
         >>> import torch
@@ -47,7 +69,10 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
         >>> loss = loss_fn(embeddings, labels)
         >>> loss.backward()
 
-    The loss is computed in float32 even under autocast (float64 stays float64).
+    The loss is computed in float32 even under autocast (float64 stays float64). Non-finite embeddings, or
+    similarities that overflow, raise ``ValueError`` (one host sync per call, on the per-query losses).
+    ``cached_backward`` and ``MemoryEfficientTrainer`` check the model's embeddings before the loss, so their
+    ``stop_on_nan=False`` policy skips such a step instead.
     """
 
     def __init__(
@@ -58,54 +83,97 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
         k_margin: float = 0.0,
         count_query_in_rank: bool = False,
         query_chunk_size: int | None = None,
+        path: str = "auto",
+        tile_size: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.k_values = _check_k_values(k_values)
-        self.rank_temperature = _check_temperature(rank_temperature, "rank_temperature")
+        self.k_values = check_k_values(k_values)
+        self.rank_temperature = check_positive_float(rank_temperature, "rank_temperature")
         self.k_temperature = _check_k_temperature(k_temperature, self.k_values)
-        if not isinstance(k_margin, numbers.Real) or isinstance(k_margin, bool) or k_margin != k_margin:
-            raise TypeError(f"k_margin must be a real number, got {k_margin!r}")
-        self.k_margin = float(k_margin)
-        if not isinstance(count_query_in_rank, bool):
-            raise TypeError(f"count_query_in_rank must be True or False, got {count_query_in_rank!r}")
-        self.count_query_in_rank = count_query_in_rank
-        self.query_chunk_size = check_positive_int_or_none(query_chunk_size, "query_chunk_size")
-        if not self.distance.is_inverted:
-            raise ValueError(
-                f"RecallKSurrogateLoss ranks by similarity, but distance={type(self.distance).__name__} grows with "
-                "dissimilarity; use CosineSimilarity() (the default) or DotProductSimilarity()"
-            )
+        self.k_margin = check_real(k_margin, "k_margin")
+        self.count_query_in_rank = check_bool(count_query_in_rank, "count_query_in_rank")
+        self.query_chunk_size = check_positive_int(query_chunk_size, "query_chunk_size", allow_none=True)
+        self.tile_size = check_positive_int(tile_size, "tile_size", allow_none=True)
+        _check_similarity(self.distance)
+        self.path = _check_path(path, self.distance)
         self.add_to_recordable_attributes(
-            list_of_names=[
-                "k_values",
-                "rank_temperature",
-                "k_temperature",
-                "k_margin",
-                "count_query_in_rank",
-            ],
+            list_of_names=["k_values", "rank_temperature", "k_temperature", "k_margin", "count_query_in_rank"],
             is_stat=False,
         )
 
     def get_default_distance(self):
         return CosineSimilarity()
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
+        """PML's forward, after checking the inputs (so that a bad one is named, not met deep inside PML)."""
         c_f.labels_required(labels)
-        same_set = ref_emb is embeddings
-        if not same_set and ref_labels is None:
-            raise ValueError("ref_emb was given without ref_labels; pass the labels of ref_emb as ref_labels")
         check_embeddings(embeddings, "embeddings")
-        check_labels(labels, "labels")
-        if not same_set:
-            check_embeddings(ref_emb, "ref_emb")
-            check_labels(ref_labels, "ref_labels")
+        check_labels(labels, "labels", length=len(embeddings))
+        if ref_emb is not None:
+            _check_reference(embeddings, ref_emb, ref_labels)
+        elif ref_labels is not None:
+            raise ValueError("ref_labels was given without ref_emb; pass the embeddings of ref_labels as ref_emb")
+        return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        same_set = ref_emb is embeddings
         with loss_precision(embeddings):
-            embeddings, ref_emb = float_embeddings(embeddings), float_embeddings(ref_emb)
-            sim = self.distance(embeddings, embeddings if same_set else ref_emb)
-            self_index = torch.arange(len(embeddings), device=embeddings.device) if same_set else None
-            weights = lmu.convert_to_weights(indices_tuple, labels, dtype=sim.dtype, using_ref=not same_set)
-            return self.loss_from_similarities(sim, labels, ref_labels, self_index, weights=weights)
+            query = float_embeddings(embeddings)
+            database = query if same_set else float_embeddings(ref_emb)
+            self_index = torch.arange(len(query), device=query.device) if same_set else None
+            weights = lmu.convert_to_weights(indices_tuple, labels, dtype=query.dtype, using_ref=not same_set)
+            if not isinstance(self.distance, DotProductSimilarity):
+                sim = self.distance(query, database)
+                return self.loss_from_similarities(sim, labels, ref_labels, self_index, weights=weights)
+            seen_query = self.distance.maybe_normalize(query)
+            seen_database = seen_query if same_set else self.distance.maybe_normalize(database)
+            self.distance.set_default_stats(query, database, seen_query, seen_database)
+            return self.loss_from_normalized_embeddings(
+                seen_query, labels, seen_database, ref_labels, self_index, weights=weights
+            )
+
+    def resolve_path(self, num_queries: int, database_size: int) -> str:
+        """The path (``"dense"``, ``"tiled"`` or ``"fused"``) that a loss of this size takes."""
+        if self.path != "auto":
+            return self.path
+        if not isinstance(self.distance, DotProductSimilarity):
+            return "dense"
+        return "tiled" if num_queries * database_size > AUTO_TILED_MIN_SIMILARITIES else "dense"
+
+    def loss_from_normalized_embeddings(
+        self,
+        query_emb: torch.Tensor,
+        query_labels: torch.Tensor,
+        database_emb: torch.Tensor,
+        database_labels: torch.Tensor,
+        self_index: torch.Tensor | None = None,
+        excluded_index: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+    ) -> dict:
+        """PML loss dict for the similarities ``s = query_emb @ database_emb.T`` (embeddings as the similarity sees
+        them, already normalised), on the dense or the tiled path (:meth:`resolve_path`). Arguments as in
+        :meth:`loss_from_similarities`; ``SimilarityMixup`` uses this entry with its virtual embeddings."""
+        path = self.resolve_path(len(query_emb), len(database_emb))
+        if path == "dense":
+            sim = self.distance.compute_mat(query_emb, database_emb)
+            return self.loss_from_similarities(sim, query_labels, database_labels, self_index, excluded_index, weights)
+        if path == "fused":
+            from .._triton import check_triton_usable
+
+            check_triton_usable(query_emb.device)
+        per_query, has_positive = functional.recall_k_surrogate_loss_tiled(
+            query_emb,
+            database_emb,
+            query_labels,
+            database_labels,
+            self_index=self_index,
+            excluded_index=excluded_index,
+            tile_size=self.tile_size,
+            kernel="triton" if path == "fused" else "torch",
+            **self._functional_kwargs(),
+        )
+        return self._loss_dict(per_query, has_positive, weights, (query_emb, database_emb))
 
     def loss_from_similarities(
         self,
@@ -116,26 +184,38 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
         excluded_index: torch.Tensor | None = None,
         weights: torch.Tensor | None = None,
     ) -> dict:
-        """PML loss dict from a precomputed (queries × database) similarity matrix.
+        """PML loss dict from a precomputed (queries × database) similarity matrix (the dense path).
 
         ``self_index[q]`` is the database column of query q itself (never a positive; outside the database unless
         ``count_query_in_rank``), ``excluded_index`` (queries × X, padded with -1) lists further columns outside
-        each query's database, and ``weights`` are per-query miner weights. ``SimilarityMixup`` uses this entry.
+        each query's database, and ``weights`` are per-query miner weights.
         """
-        per_query, has_positive = F.recall_k_surrogate_loss(
+        per_query, has_positive = functional.recall_k_surrogate_loss(
             sim,
             query_labels,
             database_labels,
             self_index=self_index,
             excluded_index=excluded_index,
-            k_values=self.k_values,
-            rank_temperature=self.rank_temperature,
-            k_temperature=self.k_temperature,
-            k_margin=self.k_margin,
-            count_query_in_rank=self.count_query_in_rank,
-            query_chunk_size=self.query_chunk_size,
+            **self._functional_kwargs(),
         )
-        if not bool(has_positive.any()):
+        return self._loss_dict(per_query, has_positive, weights, (sim,))
+
+    def _functional_kwargs(self) -> dict:
+        return {
+            "k_values": self.k_values,
+            "rank_temperature": self.rank_temperature,
+            "k_temperature": self.k_temperature,
+            "k_margin": self.k_margin,
+            "count_query_in_rank": self.count_query_in_rank,
+            "query_chunk_size": self.query_chunk_size,
+        }
+
+    def _loss_dict(self, per_query, has_positive, weights, inputs) -> dict:
+        # One host sync for both questions: is there a query with a positive, and is every loss finite?
+        any_positive, finite = torch.stack([has_positive.any(), torch.isfinite(per_query).all()]).tolist()
+        if not finite:
+            raise ValueError(_nonfinite_message(inputs))
+        if not any_positive:
             return self.zero_losses()
         indices = torch.where(has_positive)[0]
         losses = per_query[indices]
@@ -144,67 +224,80 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
         return {"loss": {"losses": losses, "indices": indices, "reduction_type": "element"}}
 
 
-def _check_k_values(k_values) -> list[int]:
-    if isinstance(k_values, (numbers.Integral, str)) or not isinstance(k_values, Sequence):
-        raise TypeError(f"k_values must be a sequence of positive ints such as (1, 2, 4, 8, 16), got {k_values!r}")
-    if len(k_values) == 0:
-        raise ValueError("k_values is empty; give at least one k, e.g. k_values=(1, 2, 4, 8, 16)")
-    for k in k_values:
-        if not isinstance(k, numbers.Integral) or isinstance(k, bool):
-            raise TypeError(f"k_values must hold ints, got {k!r} in {tuple(k_values)!r}")
-        if k <= 0:
-            raise ValueError(f"k_values must be positive, got {k} in {tuple(k_values)!r}")
-    if len(set(k_values)) != len(k_values):
-        raise ValueError(f"k_values has duplicates: {tuple(k_values)!r}")
-    # A list, not a tuple: record-keeper (PML's logging hooks) stores lists and fails on tuples.
-    return [int(k) for k in k_values]
+def _nonfinite_message(inputs) -> str:
+    if not all(bool(torch.isfinite(x).all()) for x in inputs):
+        return (
+            "embeddings contain NaN or inf; check the model's output (learning rate, inputs). cached_backward and "
+            "MemoryEfficientTrainer check the embeddings before the loss and, with stop_on_nan=False, skip such a step"
+        )
+    return (
+        "the similarities overflow to inf (embeddings too large for DotProductSimilarity(normalize_embeddings=False) "
+        "in this dtype); use CosineSimilarity(), or keep the embeddings' norms small (e.g. an L2-normalising head)"
+    )
 
 
-def _check_temperature(value, name: str) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a positive float, got {value!r}")
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+def _check_similarity(distance) -> None:
+    if not distance.is_inverted:
+        raise ValueError(
+            f"RecallKSurrogateLoss ranks by similarity, but distance={type(distance).__name__} grows with "
+            "dissimilarity; use CosineSimilarity() (the default) or DotProductSimilarity()"
+        )
+    if getattr(distance, "power", 1) != 1:
+        # s**2 ranks -0.9 above 0.5, and SiMix mixes similarities linearly: both assume the similarity itself.
+        raise ValueError(
+            f"RecallKSurrogateLoss needs a similarity with power=1, got power={distance.power}: a power changes the "
+            "ranking of negative similarities; rank by the similarity itself (power=1) and tune rank_temperature"
+        )
+
+
+def _check_path(path, distance) -> str:
+    if not isinstance(path, str):
+        raise TypeError(f"path must be one of {PATHS}, got {path!r}")
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if path in ("tiled", "fused") and not isinstance(distance, DotProductSimilarity):
+        raise ValueError(
+            f"path={path!r} computes similarities as dot products of the (normalised) embeddings, so it needs "
+            f"CosineSimilarity or DotProductSimilarity, not {type(distance).__name__}; use path='dense'"
+        )
+    if path == "fused":
+        from .._triton import check_triton_importable
+
+        check_triton_importable()
+    return path
+
+
+def _check_reference(embeddings: torch.Tensor, ref_emb, ref_labels) -> None:
+    check_embeddings(ref_emb, "ref_emb")
+    if ref_labels is None:
+        raise ValueError("ref_emb was given without ref_labels; pass the labels of ref_emb as ref_labels")
+    check_labels(ref_labels, "ref_labels", length=len(ref_emb), length_of="ref_emb")
+    if ref_emb.shape[1] != embeddings.shape[1]:
+        raise ValueError(
+            f"ref_emb has embedding size {ref_emb.shape[1]} but embeddings has {embeddings.shape[1]}; both must come "
+            "from the same embedding space"
+        )
+    if float_embeddings(ref_emb).dtype != float_embeddings(embeddings).dtype:
+        raise TypeError(
+            f"ref_emb is {ref_emb.dtype} but embeddings is {embeddings.dtype}; convert one, e.g. "
+            "ref_emb.to(embeddings.dtype)"
+        )
+    if ref_emb.device != embeddings.device:
+        raise ValueError(f"ref_emb is on {ref_emb.device} but embeddings on {embeddings.device}; move one")
+    if ref_labels.device != ref_emb.device:
+        raise ValueError(f"ref_labels is on {ref_labels.device} but ref_emb on {ref_emb.device}; move one")
 
 
 def _check_k_temperature(value, k_values: list[int]) -> float | list[float]:
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return _check_temperature(value, "k_temperature")
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        raise TypeError(f"k_temperature must be a float or one float per k, got {value!r}")
+    if isinstance(value, (str, bytes)) or not isinstance(value, (int, float, Sequence)) or isinstance(value, bool):
+        raise TypeError(f"k_temperature must be a positive float or one per k, got {value!r}")
+    if not isinstance(value, Sequence):
+        return check_positive_float(value, "k_temperature")
     if len(value) != len(k_values):
         raise ValueError(
             f"k_temperature has {len(value)} values but k_values={k_values} has {len(k_values)}; give one per k"
         )
-    return [_check_temperature(t, "k_temperature") for t in value]
-
-
-def check_positive_int_or_none(value, name: str) -> int | None:
-    if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0):
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-    return value
-
-
-def check_embeddings(embeddings: torch.Tensor, name: str) -> None:
-    if not torch.is_tensor(embeddings) or embeddings.ndim != 2:
-        shape = tuple(embeddings.shape) if torch.is_tensor(embeddings) else type(embeddings).__name__
-        raise ValueError(f"{name} must be a 2-D tensor (batch_size, embedding_size), got {shape}")
-    if len(embeddings) == 0:
-        raise ValueError(f"{name} is empty; the loss needs at least one query and one database item")
-    if not embeddings.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {embeddings.dtype}")
-    if not bool(torch.isfinite(embeddings).all()):
-        raise ValueError(f"{name} contains NaN or inf; check the model's output (learning rate, inputs)")
-
-
-def check_labels(labels: torch.Tensor, name: str) -> None:
-    if not torch.is_tensor(labels):
-        raise TypeError(f"{name} must be a torch tensor of integer class ids, got {type(labels).__name__}")
-    if labels.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (batch_size,), got shape {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer class ids, got dtype {labels.dtype}; convert with .long()")
+    return [check_positive_float(t, "k_temperature") for t in value]
 
 
 def float_embeddings(embeddings: torch.Tensor) -> torch.Tensor:

@@ -6,22 +6,18 @@ import numbers
 import warnings
 
 import torch
-import torch.nn.functional as F
 from pytorch_metric_learning.distances import DotProductSimilarity
 from pytorch_metric_learning.losses import BaseLossWrapper
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
-from .recall_k_surrogate_loss import (
-    RecallKSurrogateLoss,
-    check_embeddings,
-    check_labels,
-    check_positive_int_or_none,
-    float_embeddings,
-    loss_precision,
-)
+from .._checks import check_embeddings, check_labels, check_positive_int
+from .recall_k_surrogate_loss import RecallKSurrogateLoss, float_embeddings, loss_precision
 
-MODES = ("official", "database")
+QUERIES_AND_DATABASE, DATABASE_ONLY = "queries_and_database", "database_only"
+MODES = (QUERIES_AND_DATABASE, DATABASE_ONLY)
+# The names of release 0.1, accepted with a DeprecationWarning.
+DEPRECATED_MODES = {"official": QUERIES_AND_DATABASE, "database": DATABASE_ONLY}
 
 
 class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
@@ -29,24 +25,25 @@ class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
 
     For a pair (i, j) of the same class c and α ~ U(alpha_range), drawn per pair and per step, the virtual item
     v = α·ê_i + (1−α)·ê_j (on the embeddings the loss's similarity sees, not re-normalised) has label c and
-    similarity ``s(q, v) = α·s(q, i) + (1−α)·s(q, j)`` to every item q. With ``RecallKSurrogateLoss`` in
-    ``"database"`` mode the columns of the similarity matrix are mixed (no virtual embedding is built); in
-    ``"official"`` mode, which needs every pair of the B + V items anyway, the V virtual embeddings are built and
-    one product of all items gives the same numbers.
+    similarity ``s(q, v) = α·s(q, i) + (1−α)·s(q, j)`` to every item q (docs/method.md §3). With
+    ``RecallKSurrogateLoss`` the V virtual embeddings (V×d numbers, fewer than their similarities) are built and
+    passed with the real ones to the loss, which takes its dense or tiled path as for any batch; the dot products
+    with v are exactly the mixed similarities.
 
     Modes:
-        ``"official"``: virtual items are queries and database items (positives of their class, negatives of all
-            others), as in the authors' released code; B real items become B + Σ_c C(n_c, 2) queries.
-        ``"database"``: virtual items only extend the database of the real queries; a virtual item that has q as a
-            parent is left out of q's database. Memory grows with the extra database columns only.
+        ``"queries_and_database"`` (the authors' released code; formerly ``"official"``): virtual items are
+            queries and database items (positives of their class, negatives of all others); B real items become
+            B + Σ_c C(n_c, 2) queries.
+        ``"database_only"`` (formerly ``"database"``): virtual items only extend the database of the B real
+            queries; a virtual item that has q as a parent is left out of q's database.
 
     Only active in training mode; in ``.eval()`` the wrapper is exactly the wrapped loss.
 
     Args:
-        loss: ``RecallKSurrogateLoss`` (both modes), or in ``"official"`` mode any PML loss whose distance is
-            ``DotProductSimilarity(normalize_embeddings=False)`` (the wrapper L2-normalises the real embeddings and
-            passes real and virtual items as one batch).
-        mode: ``"official"`` or ``"database"``.
+        loss: ``RecallKSurrogateLoss`` (both modes), or in ``"queries_and_database"`` mode any PML loss whose
+            distance is ``DotProductSimilarity(normalize_embeddings=False)`` (the wrapper L2-normalises the real
+            embeddings and passes real and virtual items as one batch).
+        mode: ``"queries_and_database"`` (default) or ``"database_only"``.
         alpha_range: (low, high) in [0, 1] of the uniform mixing coefficient.
         max_pairs_per_class: keep at most this many random pairs per class and step (default: all pairs).
 
@@ -62,19 +59,17 @@ class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
     def __init__(
         self,
         loss: torch.nn.Module,
-        mode: str = "official",
+        mode: str = QUERIES_AND_DATABASE,
         alpha_range: tuple[float, float] = (0.0, 1.0),
         max_pairs_per_class: int | None = None,
         **kwargs,
     ):
         super().__init__(loss=loss, **kwargs)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.mode = mode
+        self.mode = _check_mode(mode)
         self._check_wrapped_loss(loss)
         self.loss = loss
         self.alpha_range = _check_alpha_range(alpha_range)
-        self.max_pairs_per_class = check_positive_int_or_none(max_pairs_per_class, "max_pairs_per_class")
+        self.max_pairs_per_class = check_positive_int(max_pairs_per_class, "max_pairs_per_class", allow_none=True)
         self.num_virtual = 0
         self._warned_no_pairs = False
         self.add_to_recordable_attributes(list_of_names=["mode", "num_virtual", "max_pairs_per_class"], is_stat=False)
@@ -83,8 +78,10 @@ class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
     def supported_losses():
         return ["RecallKSurrogateLoss", "any loss with distance=DotProductSimilarity(normalize_embeddings=False)"]
 
-    def check_loss_support(self, loss_name):  # an instance check: it needs the loss object, not only its name
-        pass
+    @classmethod
+    def check_loss_support(cls, loss_name):
+        """Required by PML's ``BaseLossWrapper.__init__`` (its default raises ``NotImplementedError``). A name is not
+        enough to decide (any loss with the right similarity is supported): ``__init__`` checks the loss object."""
 
     def _check_wrapped_loss(self, loss):
         if isinstance(loss, RecallKSurrogateLoss):
@@ -95,10 +92,10 @@ class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
                     f"loss CosineSimilarity() or DotProductSimilarity() with power=1, not {type(distance).__name__}"
                 )
             return
-        if self.mode == "database":
+        if self.mode == DATABASE_ONLY:
             raise ValueError(
-                f"mode='database' needs RecallKSurrogateLoss (it excludes each query's own virtual items from its "
-                f"database); {type(loss).__name__} cannot take that exclusion. Use mode='official'."
+                f"mode='database_only' needs RecallKSurrogateLoss (it excludes each query's own virtual items from "
+                f"its database); {type(loss).__name__} cannot take that exclusion. Use mode='queries_and_database'."
             )
         distance = getattr(loss, "distance", None)
         if not isinstance(distance, DotProductSimilarity) or distance.normalize_embeddings:
@@ -112,9 +109,7 @@ class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
         if not self.training:
             return self.loss(embeddings, labels, indices_tuple)
         check_embeddings(embeddings, "embeddings")
-        check_labels(labels, "labels")
-        if len(labels) != len(embeddings):
-            raise ValueError(f"embeddings ({len(embeddings)}) and labels ({len(labels)}) must have the same length")
+        check_labels(labels, "labels", length=len(embeddings))
         labels = labels.to(embeddings.device)
         first, second = same_class_pairs(labels, self.max_pairs_per_class)
         self.num_virtual = len(first)
@@ -131,9 +126,8 @@ class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
         alpha = torch.rand(len(first), device=embeddings.device, dtype=torch.float64) * (high - low) + low
         if isinstance(self.loss, RecallKSurrogateLoss):
             return self._mixed_recall_loss(embeddings, labels, indices_tuple, first, second, alpha)
-        normalised = F.normalize(embeddings, dim=1)
-        a = alpha.to(normalised.dtype)[:, None]
-        virtual = a * normalised[first] + (1 - a) * normalised[second]
+        normalised = torch.nn.functional.normalize(embeddings, dim=1)
+        virtual = mix_embeddings(normalised, first, second, alpha.to(normalised.dtype))
         return self.loss(
             torch.cat([normalised, virtual]), torch.cat([labels, labels[first]]), indices_tuple=indices_tuple
         )
@@ -145,38 +139,36 @@ class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
         with loss_precision(embeddings):
             emb = float_embeddings(embeddings)
             alpha, weights = alpha.to(emb.dtype), weights.to(emb.dtype)
+            seen = loss.distance.maybe_normalize(emb)
+            items = torch.cat([seen, mix_embeddings(seen, first, second, alpha)])
             database_labels = torch.cat([labels, labels[first]])
-            if self.mode == "official":
-                # Every pair of items is needed, virtual ones included: one product of the (B + V) items the
-                # similarity sees (v is d numbers, its B + V similarities are not) equals mixing rows and columns.
-                seen = loss.distance.maybe_normalize(emb)
-                a = alpha[:, None]
-                items = torch.cat([seen, a * seen[first] + (1 - a) * seen[second]])
-                sim_all = loss.distance.compute_mat(items, items)
-                query_weights = torch.cat([weights, (weights[first] + weights[second]) / 2])
-                loss_dict = loss.loss_from_similarities(
-                    sim_all,
-                    database_labels,
-                    database_labels,
-                    self_index=torch.arange(len(sim_all), device=sim_all.device),
-                    weights=query_weights,
-                )
-                query_labels = database_labels
+            if self.mode == QUERIES_AND_DATABASE:
+                # Every item, virtual ones included, is a query of the same B + V database.
+                query_emb, query_labels, excluded = items, database_labels, None
+                weights = torch.cat([weights, (weights[first] + weights[second]) / 2])
             else:
-                # Virtual items are database columns only: mix the columns of the B × B similarities.
-                sim = loss.distance(emb, emb)
+                # The real items are the queries; each one's own virtual items are left out of its database.
+                query_emb, query_labels = seen, labels
                 excluded = virtual_items_of_parents(first, second, batch_size, offset=batch_size)
-                loss_dict = loss.loss_from_similarities(
-                    torch.cat([sim, mix_columns(sim, first, second, alpha)], dim=1),
-                    labels,
-                    database_labels,
-                    self_index=torch.arange(batch_size, device=sim.device),
-                    excluded_index=excluded,
-                    weights=weights,
-                )
-                query_labels = labels
+            loss_dict = loss.loss_from_normalized_embeddings(
+                query_emb,
+                query_labels,
+                items,
+                database_labels,
+                self_index=torch.arange(len(query_emb), device=emb.device),
+                excluded_index=excluded,
+                weights=weights,
+            )
         loss.add_embedding_regularization_to_loss_dict(loss_dict, embeddings)
         return loss.reducer(loss_dict, embeddings, query_labels)
+
+
+def mix_embeddings(
+    embeddings: torch.Tensor, first: torch.Tensor, second: torch.Tensor, alpha: torch.Tensor
+) -> torch.Tensor:
+    """v = α·e_i + (1−α)·e_j for every virtual item (i, j, α): (V, d). Its dot products are the mixed similarities."""
+    a = alpha[:, None]
+    return a * embeddings[first] + (1 - a) * embeddings[second]
 
 
 def mix_columns(sim: torch.Tensor, first: torch.Tensor, second: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -226,3 +218,18 @@ def _check_alpha_range(alpha_range) -> tuple[float, float]:
     if not (0.0 <= low <= high <= 1.0):
         raise ValueError(f"alpha_range must satisfy 0 <= low <= high <= 1, got {alpha_range!r}")
     return low, high
+
+
+def _check_mode(mode) -> str:
+    if not isinstance(mode, str):
+        raise TypeError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode in DEPRECATED_MODES:
+        warnings.warn(
+            f"SimilarityMixup mode={mode!r} is deprecated; use mode={DEPRECATED_MODES[mode]!r} (same behaviour)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return DEPRECATED_MODES[mode]
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return mode

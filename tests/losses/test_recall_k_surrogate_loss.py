@@ -375,8 +375,8 @@ def test_bad_arguments(kwargs, error, match):
     [
         (torch.tensor([[float("nan"), 0.0], [1.0, 0.0]]), torch.tensor([0, 0]), ValueError, "NaN or inf"),
         (torch.tensor([[float("inf"), 0.0], [1.0, 0.0]]), torch.tensor([0, 0]), ValueError, "NaN or inf"),
-        (torch.randn(3, 2), torch.tensor([0, 0]), ValueError, "must equal"),
-        (torch.randn(2, 2), torch.tensor([[0], [0]]), ValueError, "1D"),
+        (torch.randn(3, 2), torch.tensor([0, 0]), ValueError, "one label per row"),
+        (torch.randn(2, 2), torch.tensor([[0], [0]]), ValueError, "1-D"),
         (torch.randn(2, 2), torch.tensor([0.0, 1.0]), TypeError, "integer"),
         (torch.randn(0, 2), torch.zeros(0, dtype=torch.long), ValueError, "empty"),
         (torch.randn(2), torch.tensor([0, 0]), ValueError, "2-D"),

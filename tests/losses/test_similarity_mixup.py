@@ -33,7 +33,7 @@ def materialised_reference(embeddings, labels, alpha, mode, rank_temperature, k_
             parents.append((i, j))
     sim = [[sum(a * b for a, b in zip(u, v)) for v in items] for u in items]
     n_real, n_all = len(emb), len(items)
-    if mode == "official":
+    if mode == "queries_and_database":
         queries = range(n_all)
         databases = [[z for z in range(n_all) if z != q] for q in queries]
     else:
@@ -54,12 +54,14 @@ def materialised_reference(embeddings, labels, alpha, mode, rank_temperature, k_
     return sum(losses_) / len(losses_), n_all - n_real
 
 
-@pytest.mark.parametrize("mode", ["official", "database"])
+@pytest.mark.parametrize("path", ["dense", "tiled"])
+@pytest.mark.parametrize("mode", ["queries_and_database", "database_only"])
 @pytest.mark.parametrize("alpha", [0.3, 0.0, 1.0])
 @pytest.mark.parametrize("sizes", [(4, 4, 4), (2, 5, 1, 3), (3, 1, 1)])
-def test_fixed_alpha_matches_materialised_reference(mode, alpha, sizes, dtype):
+def test_fixed_alpha_matches_materialised_reference(mode, alpha, sizes, path, dtype):
     emb, labels = batch(sizes, seed=sum(sizes))
-    mixup = SimilarityMixup(RecallKSurrogateLoss(rank_temperature=0.05), mode=mode, alpha_range=(alpha, alpha))
+    loss = RecallKSurrogateLoss(rank_temperature=0.05, path=path, tile_size=5, query_chunk_size=2)
+    mixup = SimilarityMixup(loss, mode=mode, alpha_range=(alpha, alpha))
     got = mixup(emb.to(dtype), labels)
     expected, num_virtual = materialised_reference(emb, labels, alpha, mode, rank_temperature=0.05)
     assert mixup.num_virtual == num_virtual == sum(n * (n - 1) // 2 for n in sizes)
@@ -80,12 +82,15 @@ def test_extreme_alpha_in_official_mode_is_the_plain_loss_on_duplicated_items(al
     assert mixed.item() == pytest.approx(expected.item(), rel=1e-12)
 
 
-@pytest.mark.parametrize("mode", ["official", "database"])
+@pytest.mark.parametrize("path", ["dense", "tiled"])
+@pytest.mark.parametrize("mode", ["queries_and_database", "database_only"])
 @pytest.mark.parametrize("count_query_in_rank", [False, True])
-def test_gradcheck_flows_to_both_parents(mode, count_query_in_rank):
+def test_gradcheck_flows_to_both_parents(mode, count_query_in_rank, path):
     emb, labels = batch((3, 2, 3, 1), dim=4, seed=2)
     emb.requires_grad_(True)
-    loss = RecallKSurrogateLoss(k_values=(1, 2, 4), rank_temperature=0.2, count_query_in_rank=count_query_in_rank)
+    loss = RecallKSurrogateLoss(
+        k_values=(1, 2, 4), rank_temperature=0.2, count_query_in_rank=count_query_in_rank, path=path, tile_size=3
+    )
     mixup = SimilarityMixup(loss, mode=mode, alpha_range=(0.35, 0.35))
     assert torch.autograd.gradcheck(lambda e: mixup(e, labels), (emb,))
 
@@ -99,7 +104,7 @@ def test_gradient_reaches_parents_through_the_virtual_item_only():
     emb = torch.cat([emb, emb[labels == 0][:1] + 0.1])
     labels = torch.cat([labels, torch.tensor([0])])
     e1 = emb.clone().requires_grad_(True)
-    loss = SimilarityMixup(RecallKSurrogateLoss(rank_temperature=0.1), mode="database", alpha_range=(alpha, alpha))
+    loss = SimilarityMixup(RecallKSurrogateLoss(rank_temperature=0.1), mode="database_only", alpha_range=(alpha, alpha))
     loss(e1, labels).backward()
     # Materialised: database columns are the real items plus each virtual item (a, b) built from unit vectors.
     e2 = emb.clone().requires_grad_(True)
@@ -196,7 +201,7 @@ def test_other_pml_loss_in_official_mode_sees_the_materialised_batch():
 
 def test_do_nothing_reducer_and_miner_weights_pass_through():
     emb, labels = batch((4, 4), seed=7)
-    mixup = SimilarityMixup(RecallKSurrogateLoss(reducer=reducers.DoNothingReducer()), mode="database")
+    mixup = SimilarityMixup(RecallKSurrogateLoss(reducer=reducers.DoNothingReducer()), mode="database_only")
     out = mixup(emb, labels)
     assert out["loss"]["reduction_type"] == "element" and len(out["loss"]["losses"]) == 8
 
@@ -209,7 +214,7 @@ def test_inside_pml_metric_loss_only():
     labels = torch.arange(6).repeat_interleave(8)
     data = torch.randn(6, 12, generator=g)[labels] + 0.5 * torch.randn(48, 12, generator=g)
     trunk = torch.nn.Linear(12, 8)
-    mixup = SimilarityMixup(RecallKSurrogateLoss(), mode="database")
+    mixup = SimilarityMixup(RecallKSurrogateLoss(), mode="database_only")
     trainer = trainers.MetricLossOnly(
         models={"trunk": trunk},
         optimizers={"trunk_optimizer": torch.optim.Adam(trunk.parameters(), lr=1e-2)},
@@ -258,15 +263,25 @@ def test_bad_arguments(kwargs, error, match):
 def test_refuses_losses_that_cannot_take_virtual_items():
     with pytest.raises(ValueError, match="DotProductSimilarity"):
         SimilarityMixup(losses.ContrastiveLoss())
-    with pytest.raises(ValueError, match="mode='database' needs RecallKSurrogateLoss"):
+    with pytest.raises(ValueError, match="mode='database_only' needs RecallKSurrogateLoss"):
         SimilarityMixup(
             losses.ContrastiveLoss(distance=distances.DotProductSimilarity(normalize_embeddings=False)),
-            mode="database",
+            mode="database_only",
         )
 
 
+@pytest.mark.parametrize("old,new", [("official", "queries_and_database"), ("database", "database_only")])
+def test_old_mode_names_still_work_with_a_deprecation_warning(old, new):
+    emb, labels = batch((3, 2, 3), seed=4)
+    with pytest.warns(DeprecationWarning, match=new):
+        mixup = SimilarityMixup(RecallKSurrogateLoss(), mode=old, alpha_range=(0.4, 0.4))
+    assert mixup.mode == new
+    expected = SimilarityMixup(RecallKSurrogateLoss(), mode=new, alpha_range=(0.4, 0.4))(emb, labels)
+    assert mixup(emb, labels).item() == expected.item()
+
+
 def test_refuses_a_similarity_that_mixing_is_not_linear_in():
-    with pytest.raises(ValueError, match="dot-product similarity"):
+    with pytest.raises(ValueError, match="power=1"):
         SimilarityMixup(RecallKSurrogateLoss(distance=distances.CosineSimilarity(power=2)))
 
 
@@ -274,7 +289,7 @@ def test_bad_inputs():
     mixup = SimilarityMixup(RecallKSurrogateLoss())
     with pytest.raises(ValueError, match="NaN"):
         mixup(torch.tensor([[float("nan"), 1.0], [1.0, 0.0]]), torch.tensor([0, 0]))
-    with pytest.raises(ValueError, match="same length"):
+    with pytest.raises(ValueError, match="one label per row"):
         mixup(torch.randn(3, 2), torch.tensor([0, 0]))
     with pytest.raises(TypeError, match="integer"):
         mixup(torch.randn(2, 2), torch.tensor([0.0, 0.0]))
@@ -284,9 +299,9 @@ def test_pml_logging_hooks_record_the_number_of_virtual_items(tmp_path):
     from pytorch_metric_learning.utils import logging_presets
 
     record_keeper, _, _ = logging_presets.get_record_keeper(str(tmp_path))
-    mixup = SimilarityMixup(RecallKSurrogateLoss(), mode="database")
+    mixup = SimilarityMixup(RecallKSurrogateLoss(), mode="database_only")
     mixup(torch.randn(12, 4), torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4]))
     record_keeper.update_records({"metric_loss": mixup}, global_iteration=1)
     record_keeper.save_records()
     rows = (tmp_path / "metric_loss_SimilarityMixup.csv").read_text().splitlines()
-    assert rows == ["~iteration~,mode,num_virtual", "1,database,11"]  # 3 + 1 + 6 + 0 + 1 pairs
+    assert rows == ["~iteration~,mode,num_virtual", "1,database_only,11"]  # 3 + 1 + 6 + 0 + 1 pairs
