@@ -1,12 +1,14 @@
-"""Evaluation: ``RecallAtKAccuracyCalculator`` (PML's AccuracyCalculator with Recall@k) and ``ChunkedKNN``."""
+"""Evaluation: ``RecallAtKAccuracyCalculator`` (PML's AccuracyCalculator with Recall@k), ``ChunkedKNN`` (exact
+kNN a chunk of queries at a time) and ``SklearnKMeans`` (NMI/AMI without faiss)."""
 
 import warnings
 from typing import Any
 
 from .accuracy_calculator import _DATASET_K_VALUES_DEPRECATED, RecallAtKAccuracyCalculator, _dataset_k_values
+from .clustering import SklearnKMeans
 from .knn import ChunkedKNN
 
-__all__ = ["ChunkedKNN", "RecallAtKAccuracyCalculator"]
+__all__ = ["ChunkedKNN", "RecallAtKAccuracyCalculator", "SklearnKMeans"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,11 +1,18 @@
 """``RecallAtKAccuracyCalculator``: PML's ``AccuracyCalculator`` plus Recall@k, the hit rate of the k nearest
-neighbours, for several k at once, memory-bounded on SOP- and iNaturalist-sized test sets."""
+neighbours, for several k at once, memory-bounded on SOP- and iNaturalist-sized test sets (docs/method.md §5).
+
+It overrides only what differs from PML 2.9: the metrics ``recall_at_<k>``, how many neighbours are retrieved
+(``determine_k``), which neighbour columns each metric reads (``_get_accuracy``), input checks before PML's
+``get_accuracy`` runs, and PML's two label-counting helpers, swapped for O(N)-memory equivalents during the call.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,7 +21,9 @@ from pytorch_metric_learning.utils import accuracy_calculator as pml_accuracy
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
+from .._checks import check_k_values
 from ..datasets import DATASET_CLASSES, recall_k_values
+from .clustering import SklearnKMeans
 from .knn import ChunkedKNN, faiss_available
 
 # PML metrics that only read the first R = (class size - self) neighbour columns.
@@ -71,11 +80,17 @@ class RecallAtKAccuracyCalculator(AccuracyCalculator):
       installed and plain torch otherwise (PML's default raises ``NameError`` without faiss). Without faiss,
       NMI/AMI use scikit-learn's k-means unless ``kmeans_func`` is given.
     - ``mean_reciprocal_rank`` is listed in ``requires_knn()`` (PML forgets it, so requesting it alone fails).
-    - Bad input (wrong shapes, mismatched lengths, NaN/inf embeddings, an empty query set, integer labels
-      float32 cannot hold exactly) raises ``ValueError``/``TypeError`` instead of producing a number.
+    - Labels: also ``(N, 1)`` (flattened; PML fails on them in leave-one-out), rows ``(N, d)`` that match when
+      every component does, and numpy strings such as class names (mapped to ids shared by query and
+      reference; per-class values then follow the sorted names). With a custom ``label_comparison_fn``
+      labels are passed as given and strings are refused (``TypeError``).
+    - Bad input (wrong shapes, mismatched lengths, NaN/inf embeddings, an empty query set, leave-one-out on a
+      single item, integer labels float32 cannot hold exactly) raises ``ValueError``/``TypeError`` instead of
+      producing a number.
 
     Args:
-        k_values: the k of ``recall_at_<k>``; positive ints, in any order (kept sorted and unique).
+        k_values: the k of ``recall_at_<k>``: distinct positive ints in any order (stored sorted); a repeated k
+            is a ``ValueError``, as for the loss. A benchmark's k: ``pml_recallk.datasets.recall_k_values(name)``.
         **kwargs: ``AccuracyCalculator`` arguments: ``include``, ``exclude``, ``avg_of_avgs``,
             ``return_per_class``, ``k``, ``label_comparison_fn``, ``device``, ``knn_func``, ``kmeans_func``.
 
@@ -90,8 +105,8 @@ class RecallAtKAccuracyCalculator(AccuracyCalculator):
         {'recall_at_1': 0.0, 'recall_at_2': 0.6}
     """
 
-    def __init__(self, k_values: Iterable[int] = (1, 5, 16, 32), **kwargs: Any) -> None:
-        self.k_values = _check_k_values(k_values)
+    def __init__(self, k_values: Sequence[int] = (1, 5, 16, 32), **kwargs: Any) -> None:
+        self.k_values = tuple(sorted(check_k_values(k_values)))
         self.recall_metrics = {f"recall_at_{k}": k for k in self.k_values}
         for name, k in self.recall_metrics.items():
             # PML discovers metrics through dir(self) in __init__, which lists instance attributes too.
@@ -141,59 +156,19 @@ class RecallAtKAccuracyCalculator(AccuracyCalculator):
         include: tuple[str, ...] = (),
         exclude: tuple[str, ...] = (),
     ) -> dict[str, Any]:
-        """PML's ``get_accuracy``, with input checks and label bookkeeping in O(N) memory.
+        """PML's ``get_accuracy``, after input checks, with its label bookkeeping done in O(N) memory.
 
-        PML's own version compares every unique label with every reference label (U × N booleans, summed
-        through an int64 copy: 6.5 GB at once on SOP); the flow and the keyword arguments given to each
-        metric are otherwise PML's.
+        PML's version compares every unique label with every reference label (U × N booleans, summed through an
+        int64 copy: 6.5 GB at once on SOP) in two module-level helpers; for the length of this call they are
+        replaced by O(N) equivalents that return the same tensors (see :func:`_label_match_counts`). Labels may
+        also be ``(N, 1)`` (flattened) or numpy strings (mapped to ids shared by query and reference).
         """
+        query_labels, reference_labels = _labels_as_ids(query_labels, reference_labels, self.label_comparison_fn)
         _check_inputs(query, query_labels, reference, reference_labels, ref_includes_query)
-        if reference is None:
-            reference, reference_labels, ref_includes_query = query, query_labels, True
-        query, reference, query_labels, reference_labels = (
-            c_f.numpy_to_torch(x).to(self.device).type(torch.float)
-            for x in (query, reference, query_labels, reference_labels)
-        )
-        if (
-            ref_includes_query
-            and reference is not query
-            and not (
-                torch.allclose(query, reference[: len(query)])
-                and torch.allclose(query_labels, reference_labels[: len(query)])
+        with _label_bookkeeping_in_linear_memory():
+            return super().get_accuracy(
+                query, query_labels, reference, reference_labels, ref_includes_query, include, exclude
             )
-        ):
-            raise ValueError(
-                "ref_includes_query=True means query i is reference i: the first len(query) rows of reference "
-                "(and reference_labels) must equal query (and query_labels)"
-            )
-        self.curr_function_dict = self.get_function_dict(include, exclude)
-        kwargs = {
-            "query": query,
-            "reference": reference,
-            "query_labels": query_labels,
-            "reference_labels": reference_labels,
-            "ref_includes_query": ref_includes_query,
-            "label_comparison_fn": self.label_comparison_fn,
-        }
-        if any(name in self.requires_knn() for name in self.get_curr_metrics()):
-            label_counts = self._label_match_counts(query_labels, reference_labels)
-            lone_query_labels, not_lone_query_mask = self._lone_query_labels(
-                query_labels, label_counts, ref_includes_query
-            )
-            num_k = self.determine_k(label_counts[1], len(reference), ref_includes_query)
-            knn_distances, knn_indices = self.knn_func(query, num_k, reference, ref_includes_query)
-            if not torch.any(not_lone_query_mask):
-                c_f.LOGGER.warning("None of the query labels are in the reference set.")
-            kwargs.update(
-                label_counts=label_counts,
-                knn_labels=reference_labels[knn_indices],
-                knn_distances=knn_distances,
-                lone_query_labels=lone_query_labels,
-                not_lone_query_mask=not_lone_query_mask,
-            )
-        if any(name in self.requires_clustering() for name in self.get_curr_metrics()):
-            kwargs["cluster_labels"] = self.get_cluster_labels(**kwargs)
-        return self._get_accuracy(self.curr_function_dict, **kwargs)
 
     def determine_k(self, bin_counts: torch.Tensor, num_reference_embeddings: int, ref_includes_query: bool) -> int:
         """Neighbours to retrieve: the most that any current metric needs (see the class docstring)."""
@@ -294,60 +269,118 @@ class RecallAtKAccuracyCalculator(AccuracyCalculator):
         hits = (first_hit_rank[not_lone_query_mask] < k).to(torch.float64)
         return _average(hits, query_labels[not_lone_query_mask], self.avg_of_avgs, self.return_per_class)
 
-    def _label_match_counts(
-        self, query_labels: torch.Tensor, reference_labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(unique query labels, how many reference items match each), as PML's ``get_label_match_counts``."""
-        if self.label_comparison_fn is not pml_accuracy.EQUALITY or query_labels.dim() != 1:
-            return pml_accuracy.get_label_match_counts(query_labels, reference_labels, self.label_comparison_fn)
-        unique_query_labels = torch.unique(query_labels)
-        reference_unique, reference_counts = torch.unique(reference_labels, return_counts=True)
-        position = torch.searchsorted(reference_unique, unique_query_labels).clamp_max(len(reference_unique) - 1)
-        found = reference_unique[position] == unique_query_labels
-        return unique_query_labels, torch.where(found, reference_counts[position], 0)
 
-    def _lone_query_labels(
-        self, query_labels: torch.Tensor, label_counts: tuple[torch.Tensor, torch.Tensor], ref_includes_query: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Labels with no positive in the reference, and the mask of the other queries (PML semantics)."""
-        if self.label_comparison_fn is not pml_accuracy.EQUALITY or query_labels.dim() != 1:
-            return pml_accuracy.get_lone_query_labels(
-                query_labels, label_counts, ref_includes_query, self.label_comparison_fn
-            )
-        unique_labels, match_counts = label_counts
-        lone_query_labels = unique_labels[match_counts - int(ref_includes_query) <= 0]
-        return lone_query_labels, ~torch.isin(query_labels, lone_query_labels)
+# ------------------------------------------------------------------------------------- label bookkeeping
+
+_PML_GET_LABEL_MATCH_COUNTS = pml_accuracy.get_label_match_counts
+_PML_GET_LONE_QUERY_LABELS = pml_accuracy.get_lone_query_labels
 
 
-class SklearnKMeans:
-    """k-means labels for NMI/AMI without faiss (PML's ``FaissKMeans`` raises ``NameError`` then).
+def _label_match_counts(
+    query_labels: torch.Tensor, reference_labels: torch.Tensor, label_comparison_fn: Callable
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PML's ``get_label_match_counts`` (unique query labels, reference items matching each) in O(N) memory.
 
-    Same budget as PML's default (20 iterations, one initialisation), seeded, so results are repeatable.
+    For 1-D labels compared by equality: one ``unique`` of the reference and a binary search, instead of PML's
+    (unique query labels × reference) comparison. Any other case is PML's own function.
     """
-
-    def __init__(self, max_iter: int = 20, seed: int = 0) -> None:
-        self.max_iter = max_iter
-        self.seed = seed
-
-    def __call__(self, x: torch.Tensor, num_clusters: int) -> torch.Tensor:
-        from sklearn.cluster import KMeans
-
-        kmeans = KMeans(n_clusters=num_clusters, n_init=1, max_iter=self.max_iter, random_state=self.seed)
-        return torch.as_tensor(kmeans.fit_predict(x.detach().cpu().numpy()), device=x.device)
+    if label_comparison_fn is not pml_accuracy.EQUALITY or query_labels.dim() != 1:
+        return _PML_GET_LABEL_MATCH_COUNTS(query_labels, reference_labels, label_comparison_fn)
+    unique_query_labels = torch.unique(query_labels)
+    reference_unique, reference_counts = torch.unique(reference_labels, return_counts=True)
+    position = torch.searchsorted(reference_unique, unique_query_labels).clamp_max(len(reference_unique) - 1)
+    found = reference_unique[position] == unique_query_labels
+    return unique_query_labels, torch.where(found, reference_counts[position], 0)
 
 
-def _check_k_values(k_values: Iterable[int]) -> tuple[int, ...]:
-    if isinstance(k_values, (str, bytes)) or not isinstance(k_values, Iterable):
-        raise TypeError(f"k_values must be an iterable of positive ints such as (1, 5, 16, 32), got {k_values!r}")
-    k_values = tuple(k_values)
-    if len(k_values) == 0:
-        raise ValueError("k_values is empty: give at least one k, e.g. k_values=(1,)")
-    for k in k_values:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise TypeError(f"every k in k_values must be an int, got {k!r} ({type(k).__name__})")
-        if k <= 0:
-            raise ValueError(f"every k in k_values must be >= 1, got {k}")
-    return tuple(sorted({int(k) for k in k_values}))
+def _lone_query_labels(
+    query_labels: torch.Tensor,
+    label_counts: tuple[torch.Tensor, torch.Tensor],
+    ref_includes_query: bool,
+    label_comparison_fn: Callable,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PML's ``get_lone_query_labels``: labels without a positive in the database, and the other queries' mask.
+
+    Under equality a label always matches itself, so with ``ref_includes_query`` a label is lone when it has one
+    reference item (the query). 1-D labels are masked with ``isin`` (PML: queries × lone labels booleans); rows of
+    labels ``(N, d)`` with PML's comparison (PML's own function fails on them when ``ref_includes_query``).
+    """
+    if label_comparison_fn is not pml_accuracy.EQUALITY:
+        return _PML_GET_LONE_QUERY_LABELS(query_labels, label_counts, ref_includes_query, label_comparison_fn)
+    unique_labels, match_counts = label_counts
+    lone_query_labels = unique_labels[match_counts - int(ref_includes_query) <= 0]
+    if query_labels.dim() == 1:
+        return lone_query_labels, ~torch.isin(query_labels, lone_query_labels)
+    same = c_f.torch_all_from_dim_to_end(query_labels[:, None] == lone_query_labels, 2)
+    return lone_query_labels, ~torch.any(same, dim=1)
+
+
+_swap_lock = threading.Lock()
+_swap_depth = 0
+
+
+@contextlib.contextmanager
+def _label_bookkeeping_in_linear_memory() -> Iterator[None]:
+    """Within the block, PML's ``get_accuracy`` calls :func:`_label_match_counts` and :func:`_lone_query_labels`.
+
+    PML's ``get_accuracy`` looks both helpers up in its module at call time, so swapping the module attributes
+    is the one way to change them without copying the method. The replacements return what PML's return (they
+    fall back to PML's for custom label comparisons), so another calculator running meanwhile in another thread
+    is unaffected; a counter keeps them in place until the last concurrent call ends.
+    """
+    global _swap_depth
+    with _swap_lock:
+        if _swap_depth == 0:
+            pml_accuracy.get_label_match_counts = _label_match_counts
+            pml_accuracy.get_lone_query_labels = _lone_query_labels
+        _swap_depth += 1
+    try:
+        yield
+    finally:
+        with _swap_lock:
+            _swap_depth -= 1
+            if _swap_depth == 0:
+                pml_accuracy.get_label_match_counts = _PML_GET_LABEL_MATCH_COUNTS
+                pml_accuracy.get_lone_query_labels = _PML_GET_LONE_QUERY_LABELS
+
+
+# ------------------------------------------------------------------------------------------- input checks
+
+
+def _is_text(labels: Any) -> bool:
+    if not isinstance(labels, np.ndarray):
+        return False
+    if labels.dtype.kind in "US":
+        return True
+    return labels.dtype.kind == "O" and labels.size > 0 and all(isinstance(x, (str, bytes)) for x in labels.flat)
+
+
+def _labels_as_ids(query_labels: Any, reference_labels: Any, label_comparison_fn: Callable) -> tuple[Any, Any]:
+    """Labels PML can take: ``(N, 1)`` flattened, text labels mapped to ids shared by query and reference.
+
+    Both only under equality, where they do not change which items match; a custom ``label_comparison_fn``
+    receives the labels as given, so text labels are refused then.
+    """
+    if label_comparison_fn is not pml_accuracy.EQUALITY:
+        for name, labels in (("query_labels", query_labels), ("reference_labels", reference_labels)):
+            if _is_text(labels):
+                raise TypeError(f"{name} are strings, which a custom label_comparison_fn cannot be given; pass ids")
+        return query_labels, reference_labels
+    query_labels, reference_labels = (
+        x[:, 0] if isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim == 2 and x.shape[1] == 1 else x
+        for x in (query_labels, reference_labels)
+    )
+    text = [_is_text(x) for x in (query_labels, reference_labels)]
+    if not any(text):
+        return query_labels, reference_labels
+    if reference_labels is not None and not all(text):
+        raise TypeError("query_labels and reference_labels must both be strings or both be numbers")
+    if query_labels.ndim != 1 or (reference_labels is not None and reference_labels.ndim != 1):
+        raise ValueError("string labels must be 1-D (one class name per item)")
+    given = [x for x in (query_labels, reference_labels) if x is not None]
+    _, ids = np.unique(np.concatenate(given).astype(str), return_inverse=True)
+    ids = torch.from_numpy(ids.reshape(-1).astype(np.int64))
+    return ids[: len(query_labels)], (None if reference_labels is None else ids[len(query_labels) :])
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:
@@ -375,25 +408,35 @@ def _check_inputs(query, query_labels, reference, reference_labels, ref_includes
         if embedding_size is not None and embeddings.shape[1] != embedding_size:
             raise ValueError(f"query has embedding size {embedding_size} but reference has {embeddings.shape[1]}")
         embedding_size = embeddings.shape[1]
-        if labels.dim() not in (1, 2) or len(labels) != len(embeddings):
-            raise ValueError(
-                f"{labels_name} must have one label (or row of labels) per {name} row: {name} has "
-                f"{len(embeddings)} rows, {labels_name} has shape {tuple(labels.shape)}"
-            )
+        _check_labels(labels, labels_name, len(embeddings), name)
         if not bool(torch.isfinite(embeddings).all()):
             raise ValueError(f"{name} contains NaN or infinite values; distances to them are undefined")
-        if labels.dtype.is_floating_point:
-            if not bool(torch.isfinite(labels).all()):
-                raise ValueError(f"{labels_name} contains NaN or infinite values")
-        elif labels.dtype != torch.bool and bool((labels.abs() > _LARGEST_EXACT_FLOAT32_INT).any()):
-            raise ValueError(
-                f"{labels_name} has values beyond 2**24, which PML's float32 labels cannot tell apart; "
-                f"renumber them, e.g. numpy.unique(labels, return_inverse=True)[1]"
-            )
+    leave_one_out = reference is None or ref_includes_query
+    if leave_one_out and len(query if reference is None else reference) == 1:
+        raise ValueError(
+            "leave-one-out evaluation of a single item: the query has no other item to be compared with; "
+            "give at least 2 items, or a separate reference with ref_includes_query=False"
+        )
     if ref_includes_query and reference is not None and len(reference) < len(query):
         raise ValueError(
             f"ref_includes_query=True needs the queries to be the first rows of reference, but reference has "
             f"{len(reference)} rows and query {len(query)}"
+        )
+
+
+def _check_labels(labels: torch.Tensor, name: str, num_items: int, embeddings_name: str) -> None:
+    if labels.dim() not in (1, 2) or len(labels) != num_items:
+        raise ValueError(
+            f"{name} must have one label (or row of labels) per {embeddings_name} row: {embeddings_name} has "
+            f"{num_items} rows, {name} has shape {tuple(labels.shape)}"
+        )
+    if labels.dtype.is_floating_point:
+        if not bool(torch.isfinite(labels).all()):
+            raise ValueError(f"{name} contains NaN or infinite values")
+    elif labels.dtype != torch.bool and bool((labels.abs() > _LARGEST_EXACT_FLOAT32_INT).any()):
+        raise ValueError(
+            f"{name} has values beyond 2**24, which PML's float32 labels cannot tell apart; "
+            f"renumber them, e.g. numpy.unique(labels, return_inverse=True)[1]"
         )
 
 

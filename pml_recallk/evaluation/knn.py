@@ -15,6 +15,8 @@ import torch
 from pytorch_metric_learning.distances import BaseDistance, DotProductSimilarity, LpDistance
 from pytorch_metric_learning.utils import inference
 
+from .._checks import check_int, check_positive_int
+
 # One chunk's (queries × reference) score block is kept near this size when no chunk size is given.
 DEFAULT_CHUNK_BYTES = 128 * 2**20
 # faiss scans the reference in blocks itself and holds only (queries × k) results per call, but it takes about
@@ -72,10 +74,9 @@ class ChunkedKNN:
             distance = LpDistance(normalize_embeddings=False, p=2, power=2)
         if not isinstance(distance, BaseDistance):
             raise TypeError(f"distance must be a pytorch_metric_learning distance, got {type(distance).__name__}")
-        if query_chunk_size is not None and (
-            isinstance(query_chunk_size, bool) or not isinstance(query_chunk_size, int) or query_chunk_size < 1
-        ):
-            raise ValueError(f"query_chunk_size must be a positive int or None, got {query_chunk_size!r}")
+        query_chunk_size = check_positive_int(query_chunk_size, "query_chunk_size", allow_none=True)
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be one of {BACKENDS}, got {backend!r} ({type(backend).__name__})")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "faiss":
@@ -98,8 +99,7 @@ class ChunkedKNN:
         ref_includes_query: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(distances, indices)``, each (len(query), k), best first; indices are int64."""
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ValueError(f"k must be a non-negative int, got {k!r}")
+        k = check_int(k, "k", minimum=0)
         if ref_includes_query and len(reference) < len(query):
             raise ValueError(
                 f"ref_includes_query=True needs query i to be reference i, but reference has {len(reference)} "

@@ -1,6 +1,7 @@
 import logging
 import math
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from recall_reference import hit_bounds, per_class, recall_bounds, squared_euclidean
 
 from pml_recallk import RecallAtKAccuracyCalculator
-from pml_recallk.evaluation import ChunkedKNN
+from pml_recallk.evaluation import ChunkedKNN, accuracy_calculator
 
 K_VALUES = (1, 2, 3, 5, 10, 32)
 PML_KNN_METRICS = (
@@ -291,15 +292,16 @@ def test_label_bookkeeping_matches_pml():
     embeddings, labels = gaussian_data(seed=9)
     query_labels = torch.tensor(labels[:100], dtype=torch.float)
     reference_labels = torch.tensor(labels[100:], dtype=torch.float)
-    calc = RecallAtKAccuracyCalculator()
     for ref_includes_query, reference in [
         (False, reference_labels),
         (True, torch.cat([query_labels, reference_labels])),
     ]:
-        ours = calc._label_match_counts(query_labels, reference)
+        ours = accuracy_calculator._label_match_counts(query_labels, reference, pml_accuracy.EQUALITY)
         theirs = pml_accuracy.get_label_match_counts(query_labels, reference, pml_accuracy.EQUALITY)
         assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
-        ours_lone = calc._lone_query_labels(query_labels, ours, ref_includes_query)
+        ours_lone = accuracy_calculator._lone_query_labels(
+            query_labels, ours, ref_includes_query, pml_accuracy.EQUALITY
+        )
         theirs_lone = pml_accuracy.get_lone_query_labels(
             query_labels, theirs, ref_includes_query, pml_accuracy.EQUALITY
         )
@@ -317,9 +319,9 @@ def test_names_are_sql_identifiers_and_values_python_floats():
         assert type(value) is float, (name, type(value))
 
 
-def test_k_values_are_sorted_and_unique():
-    calc = RecallAtKAccuracyCalculator(k_values=[16, 1, np.int64(5), 1])
-    assert calc.k_values == (1, 5, 16)
+def test_k_values_are_sorted():
+    calc = RecallAtKAccuracyCalculator(k_values=[16, 1, np.int64(5)])
+    assert calc.k_values == (1, 5, 16) and all(type(k) is int for k in calc.k_values)
     assert {"recall_at_1", "recall_at_5", "recall_at_16"} <= set(calc.get_curr_metrics())
 
 
@@ -367,13 +369,15 @@ def test_dataset_preset_errors():
 @pytest.mark.parametrize(
     "k_values,error,match",
     [
-        ((0, 1), ValueError, ">= 1"),
-        ((-5,), ValueError, ">= 1"),
+        ((0, 1), ValueError, "positive"),
+        ((-5,), ValueError, "positive"),
         ((), ValueError, "empty"),
-        ((1.5,), TypeError, "int"),
-        ((True,), TypeError, "int"),
-        ("15", TypeError, "iterable"),
-        (5, TypeError, "iterable"),
+        ((1, 4, 1), ValueError, "duplicates"),  # a repeated k is a typo, as for the loss's k_values
+        ((1.5,), TypeError, "ints"),
+        ((True,), TypeError, "ints"),
+        ("15", TypeError, "sequence"),
+        (5, TypeError, "sequence"),
+        ({1, 2}, TypeError, "sequence"),
     ],
 )
 def test_bad_k_values(k_values, error, match):
@@ -404,7 +408,8 @@ def bad_inputs():
         ("1-D query", (x[0], y[:1]), ValueError, "2-D"),
         ("reference without labels", (x, y, x, None, False), ValueError, "together"),
         ("list query", (x.tolist(), y), TypeError, "query must be"),
-        ("queries not first in reference", (x, y, x[::-1].copy(), y, True), ValueError, "query i is reference i"),
+        # PML's own check and message
+        ("queries not first in reference", (x, y, x[::-1].copy(), y, True), ValueError, "must be equal to query"),
         ("reference shorter than query", (x, y, x[:3], y[:3], True), ValueError, "first rows of reference"),
         ("huge integer labels", (x, y + 2**25), ValueError, "2\\*\\*24"),
         ("nan labels", (x, np.array([0, 0, 1, np.nan, 2, 2])), ValueError, "query_labels contains NaN"),
@@ -436,3 +441,170 @@ def test_works_without_faiss(monkeypatch):
             recall_bounds(distances, labels, labels, k, True, tolerance=FLOAT_TOLERANCE),
             tight=True,
         )
+
+
+# ------------------------------------------------------------------------------------------ label forms
+
+LABEL_FORM_METRICS = ("recall_at_1", "recall_at_5", "precision_at_1", "mean_average_precision_at_r")
+
+
+def _pml_reference(query, query_labels, reference=None, reference_labels=None, ref_includes_query=False):
+    """PML's own calculator on plain 1-D integer labels: the reference for its metrics."""
+    pml = AccuracyCalculator(
+        include=("precision_at_1", "mean_average_precision_at_r"), k="max_bin_count", knn_func=ChunkedKNN()
+    )
+    return pml.get_accuracy(query, query_labels, reference, reference_labels, ref_includes_query)
+
+
+def _assert_label_form_result(result, distances, query_ids, reference_ids, ref_includes_query, pml):
+    for k in (1, 5):
+        bounds = recall_bounds(distances, query_ids, reference_ids, k, ref_includes_query, tolerance=FLOAT_TOLERANCE)
+        assert_within(result[f"recall_at_{k}"], bounds, tight=True)
+    for name in ("precision_at_1", "mean_average_precision_at_r"):
+        assert result[name] == pytest.approx(pml[name], abs=1e-6)
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+@pytest.mark.parametrize("query_gallery", [False, True])
+def test_n_by_1_labels_are_one_label_per_item(as_tensor, query_gallery):
+    # PML fails on (N, 1) labels in leave-one-out (a broadcast in get_lone_query_labels); they are flattened.
+    embeddings, labels = gaussian_data(seed=20)
+    column = labels[:, None] if not as_tensor else torch.from_numpy(labels)[:, None]
+    calc = RecallAtKAccuracyCalculator((1, 5), include=LABEL_FORM_METRICS, k="max_bin_count")
+    if query_gallery:
+        q, r = slice(0, 120), slice(120, None)
+        result = calc.get_accuracy(embeddings[q], column[q], embeddings[r], column[r], False)
+        pml = _pml_reference(embeddings[q], labels[q], embeddings[r], labels[r], False)
+        distances = squared_euclidean(embeddings[q], embeddings[r])
+        _assert_label_form_result(result, distances, labels[q], labels[r], False, pml)
+    else:
+        result = calc.get_accuracy(embeddings, column)
+        distances = squared_euclidean(embeddings, embeddings)
+        _assert_label_form_result(result, distances, labels, labels, True, _pml_reference(embeddings, labels))
+
+
+def test_rows_of_labels_match_when_every_component_matches():
+    # (N, 2) labels under equality: a positive shares both components (PML's multi-dimensional labels).
+    embeddings, labels = gaussian_data(seed=21)
+    rows = np.stack([labels % 3, labels // 3], axis=1)
+    ids = {}
+    row_ids = np.array([ids.setdefault(tuple(row), len(ids)) for row in rows.tolist()])
+    calc = RecallAtKAccuracyCalculator((1, 5), include=("recall_at_1", "recall_at_5"))
+    result = calc.get_accuracy(embeddings, rows)
+    distances = squared_euclidean(embeddings, embeddings)
+    for k in (1, 5):
+        bounds = recall_bounds(distances, row_ids, row_ids, k, True, tolerance=FLOAT_TOLERANCE)
+        assert_within(result[f"recall_at_{k}"], bounds, tight=True)
+
+
+@pytest.mark.parametrize("dtype", ["U", "S", "O"])
+@pytest.mark.parametrize("query_gallery", [False, True])
+def test_string_labels_are_class_names(dtype, query_gallery):
+    embeddings, labels = gaussian_data(seed=22)
+    names = np.array([f"class-{c:03d}" for c in labels])
+    names = names.astype("S") if dtype == "S" else names.astype(object) if dtype == "O" else names
+    calc = RecallAtKAccuracyCalculator((1, 5), include=LABEL_FORM_METRICS, k="max_bin_count")
+    if query_gallery:
+        # Query and reference name their classes independently: the ids must be shared.
+        q, r = slice(0, 100), slice(100, None)
+        result = calc.get_accuracy(embeddings[q], names[q], embeddings[r], names[r], False)
+        pml = _pml_reference(embeddings[q], labels[q], embeddings[r], labels[r], False)
+        distances = squared_euclidean(embeddings[q], embeddings[r])
+        _assert_label_form_result(result, distances, names[q], names[r], False, pml)
+    else:
+        result = calc.get_accuracy(embeddings, names)
+        distances = squared_euclidean(embeddings, embeddings)
+        _assert_label_form_result(result, distances, names, names, True, _pml_reference(embeddings, labels))
+
+
+def test_string_labels_per_class_follow_the_sorted_names():
+    embeddings, labels = gaussian_data(seed=23)
+    names = np.array([f"n{99 - c:02d}" for c in labels])  # name order reverses the integer order
+    calc = RecallAtKAccuracyCalculator((1,), include=("recall_at_1",), return_per_class=True)
+    per_name = calc.get_accuracy(embeddings, names)["recall_at_1"]
+    per_int = calc.get_accuracy(embeddings, labels)["recall_at_1"]
+    classes = sorted(c for c in set(labels.tolist()) if np.sum(labels == c) > 1)  # lone classes are left out
+    assert len(per_int) == len(classes)
+    assert per_name == [per_int[classes.index(c)] for c in sorted(classes, key=lambda c: f"n{99 - c:02d}")]
+
+
+def test_string_label_errors():
+    x = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    names = np.array(list("aabbcc"))
+    calc = RecallAtKAccuracyCalculator((1,), include=("recall_at_1",))
+    with pytest.raises(TypeError, match="both be strings"):
+        calc.get_accuracy(x, names, x, np.array([0, 0, 1, 1, 2, 2]), False)
+    with pytest.raises(TypeError, match="numpy array"):
+        calc.get_accuracy(x, list("aabbcc"))
+    custom = RecallAtKAccuracyCalculator((1,), include=("recall_at_1",), label_comparison_fn=lambda a, b: a == b)
+    with pytest.raises(TypeError, match="label_comparison_fn"):
+        custom.get_accuracy(x, names)
+
+
+# ------------------------------------------------------------------------------------------ tiny sets
+
+
+def test_single_item_leave_one_out_is_an_error():
+    x = np.zeros((1, 3), np.float32)
+    calc = RecallAtKAccuracyCalculator((1,), include=("recall_at_1",))
+    with pytest.raises(ValueError, match="single item"):
+        calc.get_accuracy(x, np.array([0]))
+    with pytest.raises(ValueError, match="single item"):
+        calc.get_accuracy(x, np.array([0]), x, np.array([0]), True)
+
+
+def test_single_query_against_a_separate_reference_is_defined():
+    query = np.zeros((1, 2), np.float32)
+    reference = np.array([[1.0, 0.0], [0.0, 3.0]], np.float32)
+    calc = RecallAtKAccuracyCalculator((1, 2), include=("recall_at_1", "recall_at_2"))
+    # nearest is reference 0 (label 5, a miss), then reference 1 (label 7, a hit)
+    result = calc.get_accuracy(query, np.array([7]), reference, np.array([5, 7]), False)
+    assert result == {"recall_at_1": 0.0, "recall_at_2": 1.0}
+
+
+def test_two_items_leave_one_out():
+    x = np.array([[0.0], [1.0]], np.float32)
+    calc = RecallAtKAccuracyCalculator((1,), include=("recall_at_1",))
+    assert calc.get_accuracy(x, np.array([3, 3])) == {"recall_at_1": 1.0}
+    # No query has a positive: NaN with PML's warning, PML's convention for an empty average.
+    assert math.isnan(calc.get_accuracy(x, np.array([3, 4]))["recall_at_1"])
+
+
+# ------------------------------------------------------------------------------------------ PML's helpers
+
+
+def test_pml_helpers_are_restored_after_a_call_and_after_an_error():
+    originals = (pml_accuracy.get_label_match_counts, pml_accuracy.get_lone_query_labels)
+    embeddings, labels = gaussian_data(seed=24)
+    calc = RecallAtKAccuracyCalculator((1,), include=("recall_at_1",))
+    calc.get_accuracy(embeddings, labels)
+    assert (pml_accuracy.get_label_match_counts, pml_accuracy.get_lone_query_labels) == originals
+
+    def broken_knn(*args, **kwargs):
+        assert pml_accuracy.get_label_match_counts is accuracy_calculator._label_match_counts  # swapped inside
+        raise RuntimeError("knn failed")
+
+    failing = RecallAtKAccuracyCalculator((1,), include=("recall_at_1",), knn_func=broken_knn)
+    with pytest.raises(RuntimeError, match="knn failed"):
+        failing.get_accuracy(embeddings, labels)
+    assert (pml_accuracy.get_label_match_counts, pml_accuracy.get_lone_query_labels) == originals
+
+
+def test_concurrent_calls_give_their_own_results_and_restore_the_helpers():
+    originals = (pml_accuracy.get_label_match_counts, pml_accuracy.get_lone_query_labels)
+    data = [gaussian_data(seed=30 + i) for i in range(4)]
+    calc = RecallAtKAccuracyCalculator((1, 5), include=("recall_at_1", "recall_at_5"))
+    alone = [calc.get_accuracy(x, y) for x, y in data]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda xy: calc.get_accuracy(*xy), data * 3))
+    assert together == alone * 3
+    assert (pml_accuracy.get_label_match_counts, pml_accuracy.get_lone_query_labels) == originals
+
+
+def test_pml_calculator_meanwhile_gets_pml_results():
+    # A plain PML calculator running while ours holds the swap sees functions that return what PML's return.
+    embeddings, labels = gaussian_data(seed=25)
+    expected = _pml_reference(embeddings, labels)
+    with accuracy_calculator._label_bookkeeping_in_linear_memory():
+        assert pml_accuracy.get_lone_query_labels is accuracy_calculator._lone_query_labels
+        assert _pml_reference(embeddings, labels) == expected

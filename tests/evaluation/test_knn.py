@@ -177,17 +177,17 @@ def test_k_zero_and_empty_query(backend):
 
 
 @pytest.mark.parametrize(
-    "call,match",
+    "call,error,match",
     [
-        (lambda knn, x: knn(x, 5, x, True), "only 4 reference items besides itself"),
-        (lambda knn, x: knn(x, 6, x, False), "only 5 reference items"),
-        (lambda knn, x: knn(x, -1, x, False), "non-negative"),
-        (lambda knn, x: knn(x, 1.5, x, False), "non-negative"),
-        (lambda knn, x: knn(x, 1, x[:3], True), "query i to be reference i"),
+        (lambda knn, x: knn(x, 5, x, True), ValueError, "only 4 reference items besides itself"),
+        (lambda knn, x: knn(x, 6, x, False), ValueError, "only 5 reference items"),
+        (lambda knn, x: knn(x, -1, x, False), ValueError, "k must be >= 0"),
+        (lambda knn, x: knn(x, 1.5, x, False), TypeError, "k must be an int"),
+        (lambda knn, x: knn(x, 1, x[:3], True), ValueError, "query i to be reference i"),
     ],
 )
-def test_bad_calls(call, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_calls(call, error, match):
+    with pytest.raises(error, match=match):
         call(ChunkedKNN(backend="torch"), random_embeddings(5))
 
 
@@ -196,7 +196,9 @@ def test_bad_calls(call, match):
     [
         ({"backend": "annoy"}, ValueError, "backend"),
         ({"query_chunk_size": 0}, ValueError, "query_chunk_size"),
-        ({"query_chunk_size": 2.5}, ValueError, "query_chunk_size"),
+        ({"query_chunk_size": 2.5}, TypeError, "query_chunk_size"),
+        ({"query_chunk_size": True}, TypeError, "query_chunk_size"),
+        ({"backend": None}, TypeError, "backend"),
         ({"distance": "cosine"}, TypeError, "distance"),
     ],
 )
