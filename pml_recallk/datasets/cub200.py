@@ -19,7 +19,11 @@ class CUB200(ImageListDataset):
 
     Reads ``root/images.txt`` and ``root/image_class_labels.txt`` (joined on the image id) and opens
     ``root/images/<relative path>``; nothing is downloaded. ``labels`` are the class ids remapped to ``0..99``
-    in each split; ``class_ids`` keeps the original 1–200 ids.
+    in each split; ``class_ids`` keeps the original 1–200 ids. Items come in ``images.txt`` order.
+
+    Construction checks that the two files list the same image ids, each once, and that every image of the
+    split exists, naming the file and the ids or images at fault. ``train_test_split.txt`` is not read: it is
+    the classification split, which the class-disjoint protocol ignores.
 
     Args:
         root: the ``CUB_200_2011`` folder.
@@ -43,25 +47,49 @@ class CUB200(ImageListDataset):
         labels_txt = require_path(root / "image_class_labels.txt", "CUB200", _LAYOUT)
         images_dir = require_path(root / "images", "CUB200", _LAYOUT)
 
-        relative_paths = {}
-        for line_number, line in read_lines(images_txt):
-            fields = line.split(maxsplit=1)
-            if len(fields) != 2:
-                raise ValueError(f"{images_txt}, line {line_number}: expected '<image_id> <path>', got {line!r}")
-            relative_paths[parse_int(fields[0], images_txt, line_number, "image_id")] = fields[1]
+        relative_paths = _read_image_paths(images_txt)
+        class_of_image = _read_class_labels(labels_txt, images_txt, relative_paths)
+        unlabelled = [image_id for image_id in relative_paths if image_id not in class_of_image]
+        if unlabelled:
+            shown = ", ".join(map(str, unlabelled[:10])) + (" ..." if len(unlabelled) > 10 else "")
+            raise ValueError(
+                f"CUB200: {labels_txt} gives no class to {len(unlabelled)} of the {len(relative_paths)} image ids "
+                f"of {images_txt} ({shown}); the two files must list the same images (an incomplete download?)"
+            )
+        in_split = [i for i in relative_paths if (class_of_image[i] <= 100) == (split == "train")]
+        image_paths = [images_dir / relative_paths[i] for i in in_split]
+        class_ids = [class_of_image[i] for i in in_split]
+        super().__init__(root, image_paths, class_ids, transform, listing=images_txt)
 
-        image_paths, class_ids = [], []
-        for line_number, line in read_lines(labels_txt):
-            fields = line.split()
-            if len(fields) != 2:
-                raise ValueError(f"{labels_txt}, line {line_number}: expected '<image_id> <class_id>', got {line!r}")
-            image_id = parse_int(fields[0], labels_txt, line_number, "image_id")
-            class_id = parse_int(fields[1], labels_txt, line_number, "class_id")
-            if not 1 <= class_id <= 200:
-                raise ValueError(f"{labels_txt}, line {line_number}: class_id must be in 1..200, got {class_id}")
-            if image_id not in relative_paths:
-                raise ValueError(f"{labels_txt}, line {line_number}: image_id {image_id} is not in {images_txt}")
-            if (class_id <= 100) == (split == "train"):
-                image_paths.append(images_dir / relative_paths[image_id])
-                class_ids.append(class_id)
-        super().__init__(root, image_paths, class_ids, transform, listing=labels_txt)
+
+def _read_image_paths(images_txt: Path) -> dict[int, str]:
+    """``images.txt``: image id → path relative to ``images/``, in file order; a repeated id is an error."""
+    relative_paths: dict[int, str] = {}
+    for line_number, line in read_lines(images_txt):
+        fields = line.split(maxsplit=1)
+        if len(fields) != 2:
+            raise ValueError(f"{images_txt}, line {line_number}: expected '<image_id> <path>', got {line!r}")
+        image_id = parse_int(fields[0], images_txt, line_number, "image_id")
+        if image_id in relative_paths:
+            raise ValueError(f"{images_txt}, line {line_number}: image_id {image_id} is listed twice")
+        relative_paths[image_id] = fields[1]
+    return relative_paths
+
+
+def _read_class_labels(labels_txt: Path, images_txt: Path, relative_paths: dict[int, str]) -> dict[int, int]:
+    """``image_class_labels.txt``: image id → class id in 1..200, for ids that ``images.txt`` lists, each once."""
+    class_of_image: dict[int, int] = {}
+    for line_number, line in read_lines(labels_txt):
+        fields = line.split()
+        if len(fields) != 2:
+            raise ValueError(f"{labels_txt}, line {line_number}: expected '<image_id> <class_id>', got {line!r}")
+        image_id = parse_int(fields[0], labels_txt, line_number, "image_id")
+        class_id = parse_int(fields[1], labels_txt, line_number, "class_id")
+        if not 1 <= class_id <= 200:
+            raise ValueError(f"{labels_txt}, line {line_number}: class_id must be in 1..200, got {class_id}")
+        if image_id not in relative_paths:
+            raise ValueError(f"{labels_txt}, line {line_number}: image_id {image_id} is not in {images_txt}")
+        if image_id in class_of_image:
+            raise ValueError(f"{labels_txt}, line {line_number}: image_id {image_id} is listed twice")
+        class_of_image[image_id] = class_id
+    return class_of_image

@@ -14,7 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 import numpy as np
+from matplotlib.ft2font import FT2Font
+from PIL import Image, ImageDraw, ImageFont
 
 FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
 
@@ -120,8 +123,6 @@ def family_key(family: str) -> str:
 
 def matplotlib_font_dir() -> Path:
     """The folder of TrueType fonts that matplotlib ships (DejaVu, STIX, Computer Modern)."""
-    import matplotlib
-
     return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 
 
@@ -159,8 +160,6 @@ def find_font_files(font_dirs: Sequence[str | os.PathLike] | str | os.PathLike |
 def read_faces(path: Path) -> list[tuple[FontFace, dict[int, int], str | None]]:
     """The faces of one font file: (face, character map (code point → glyph index), why the face is not a
     usable Latin text face or ``None``), judged from names, character map and glyph names. [] if unreadable."""
-    from matplotlib.ft2font import FT2Font
-
     try:
         first = FT2Font(str(path))
     except Exception:  # a broken or unsupported file is skipped, like fontconfig does
@@ -232,8 +231,6 @@ class FaceRenderer:
     """
 
     def __init__(self, path: str, index: int, image_size: int):
-        from PIL import ImageFont
-
         self.image_size = image_size
         self.baseline = round(BASELINE_FRACTION * image_size)
         # The basic layout engine draws the glyph the character map names, with no shaping and no fallback,
@@ -254,8 +251,6 @@ class FaceRenderer:
         return image
 
     def _draw(self, char: str) -> np.ndarray | None:
-        from PIL import Image, ImageDraw
-
         size, baseline = self.image_size, self.baseline
         left, top, right, bottom = self.font.getbbox(char, anchor="ls")
         if right <= left or bottom <= top:
@@ -348,8 +343,6 @@ def rendered_face_problem(renders: dict[str, np.ndarray]) -> str | None:
 
 
 def _crop_to_ink(image: np.ndarray, size: int = 16) -> np.ndarray:
-    from PIL import Image
-
     rows, cols = np.nonzero(image >= BLANK_MAX_VALUE)
     crop = image[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     return np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR))

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
+from PIL import Image, features
 from torch.utils.data import Dataset
 
 from .._io import save_npz_atomic
@@ -140,9 +142,6 @@ def glyph_table(
     The cache file name holds a hash of the font files (path, size, modification time), the characters, the
     image size and the PIL/FreeType versions, so any change renders again.
     """
-    import PIL
-    from PIL import features
-
     font_files = find_font_files(font_dirs)
     key = {
         "version": _RENDER_VERSION,
@@ -395,8 +394,6 @@ class Glyphs(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        from PIL import Image
-
         image = Image.fromarray(self.images[index])
         if self.transform is not None:
             image = self.transform(image)

@@ -8,11 +8,15 @@ written plainly from the published protocol (e.g. CUB classes 1–100 train) in 
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from pml_recallk._checks import check_k_values
@@ -26,6 +30,7 @@ from pml_recallk.datasets import (
     dataset_class,
     recall_k_values,
 )
+from pml_recallk.datasets.common import missing_files
 
 
 @dataclass
@@ -292,14 +297,110 @@ def test_missing_listing_names_the_expected_file(tmp_path, name, split, relative
     assert str(target) in str(error.value)
 
 
+def image_listing(name: str, tree: FakeTree, split: str) -> Path:
+    """The file that names the split's image paths (for CUB: images.txt, not the labels file)."""
+    if name == "cub":
+        return tree.root / "images.txt"
+    if name == "cars196":
+        return tree.root / "cars_annos.mat"
+    return tree.listing[split]
+
+
+@pytest.mark.parametrize("name, split", CASES, ids=[f"{n}-{s}" for n, s in CASES])
+def test_missing_image_is_reported_at_construction_with_its_listing(tmp_path, name, split):
+    loader, make_tree = LOADERS[name]
+    tree = make_tree(tmp_path)
+    lost = tree.expected[split][-1][0]
+    lost.unlink()
+    with pytest.raises(FileNotFoundError) as error:
+        loader(tree.root, split)
+    message = str(error.value)
+    assert str(lost) in message and str(image_listing(name, tree, split)) in message
+    assert "image_class_labels" not in message  # CUB: the labels file does not name images
+
+
+@pytest.mark.parametrize("name", list(LOADERS))
+def test_many_missing_images_are_counted_and_a_few_named(tmp_path, name):
+    loader, make_tree = LOADERS[name]
+    tree = make_tree(tmp_path)
+    expected = [path for path, _ in tree.expected["train"]]
+    for path in expected:
+        path.unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError, match=f"{len(expected)} of the {len(expected)} images") as error:
+        loader(tree.root, "train")
+    assert str(expected[0]) in str(error.value)
+
+
+def test_a_missing_image_folder_is_reported(tmp_path):
+    tree = make_inaturalist(tmp_path)
+    folder = tree.root / "train_val2018" / "Aves"
+    shutil.rmtree(folder)
+    with pytest.raises(FileNotFoundError, match="2 of the 5 images") as error:
+        INaturalist2018(tree.root, "train")
+    assert str(folder) in str(error.value)
+
+
 @pytest.mark.parametrize("name", list(LOADERS))
 def test_missing_image_is_reported_when_read(tmp_path, name):
+    # Deleted after construction: reading it still names the image and its listing.
     loader, make_tree = LOADERS[name]
     tree = make_tree(tmp_path)
     dataset = loader(tree.root, "train")
     dataset.image_paths[0].unlink()
-    with pytest.raises(FileNotFoundError, match=str(dataset.image_paths[0].name)):
+    with pytest.raises(FileNotFoundError, match=str(dataset.image_paths[0].name)) as error:
         dataset[0]
+    assert str(image_listing(name, tree, "train")) in str(error.value)
+
+
+def test_cub_labels_file_lacking_images_is_an_error(tmp_path):
+    tree = make_cub(tmp_path)
+    labels_txt = tree.root / "image_class_labels.txt"
+    lines = labels_txt.read_text().splitlines()
+    kept = [line for line in lines if line.split()[0] not in {"3", "11"}]
+    write_lines(labels_txt, kept)
+    with pytest.raises(ValueError, match="2 of the 14 image ids") as error:
+        CUB200(tree.root, "train")  # image 11 is a test image: the files must agree whatever the split
+    message = str(error.value)
+    assert str(labels_txt) in message and str(tree.root / "images.txt") in message and "3, 11" in message
+
+
+@pytest.mark.parametrize("file_name", ["images.txt", "image_class_labels.txt"])
+def test_cub_repeated_image_id_names_file_and_line(tmp_path, file_name):
+    tree = make_cub(tmp_path)
+    listing = tree.root / file_name
+    lines = listing.read_text().splitlines()
+    write_lines(listing, [*lines, lines[0]])
+    with pytest.raises(ValueError, match=f"line {len(lines) + 1}: image_id .* listed twice") as error:
+        CUB200(tree.root, "train")
+    assert str(listing) in str(error.value)
+
+
+def test_cub_items_follow_images_txt_order(tmp_path):
+    tree = make_cub(tmp_path)  # image_class_labels.txt is written in reverse order
+    dataset = CUB200(tree.root, "test")
+    assert dataset.image_paths == [path for path, _ in tree.expected["test"]]
+
+
+def _reference_missing(paths):
+    return [path for path in paths if not os.path.exists(path)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_missing_files_equals_checking_each_path(tmp_path_factory, data):
+    root = tmp_path_factory.mktemp("tree")
+    folders = [root / f"d{i}" for i in range(data.draw(st.integers(1, 4)))]
+    paths = [folder / f"f{j}.jpg" for folder in folders for j in range(data.draw(st.integers(0, 4)))]
+    present = data.draw(st.lists(st.booleans(), min_size=len(paths), max_size=len(paths)))
+    for path, keep in zip(paths, present):
+        if keep:
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(b"")
+    (root / "plain_file").write_bytes(b"")
+    paths += [root / "plain_file" / "under_a_file.jpg", root / "plain_file", root / "no_such_dir" / "x.jpg"]
+    order = data.draw(st.permutations(range(len(paths))))
+    paths = [paths[i] for i in order]
+    assert missing_files(paths) == _reference_missing(paths)
 
 
 @pytest.mark.parametrize("name", list(LOADERS))
