@@ -8,6 +8,8 @@ Times are the median of a few repetitions after the memory-measuring first call.
     python benchmarks/loss_speed.py                      # full table (B = 256, 1000, 4000; SiMix at 400, 4000)
     python benchmarks/loss_speed.py --sizes 256 --quick  # smoke test
     python benchmarks/loss_speed.py --device cuda --sizes 4000 10000 --out benchmarks/results/loss_speed_cuda
+    python benchmarks/loss_speed.py --paths --threads 1 --sizes 4000 20000 100000 --dense-max 20000 \
+        --out benchmarks/results/loss_speed_tiled         # dense vs tiled (vs fused on CUDA) vs floor
 
 Methods (all d = 512, 4 samples per class, L2-normalised embeddings, default temperatures):
     ours          RecallKSurrogateLoss (chunked, recomputing backward)
@@ -17,6 +19,13 @@ Methods (all d = 512, 4 samples per class, L2-normalised embeddings, default tem
     floor         one B×B matmul plus one pass of B×P×B sigmoids forward and backward (a lower bound)
     simix_official / simix_database   SimilarityMixup(RecallKSurrogateLoss()) in each mode
     materialised  the virtual embeddings built explicitly (as the released code does), then our loss on B + V items
+
+With ``--paths`` (issue 13, memory linear in the batch):
+    dense / tiled / fused   RecallKSurrogateLoss(path=...): the B×B similarities held whole, or recomputed tile by
+                  tile from the embeddings (fused: the sigmoid sums in a Triton kernel, CUDA only)
+    floor_tiled   the arithmetic any exact method does, without autograd or bookkeeping, by tiles: forward one B×B
+                  product and one pass of B×P×B sigmoids; backward one pass of their derivatives and the two
+                  products of the similarity gradient with the embeddings
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 LOSS_METHODS = ("ours", "released_loop", "naive", "floor")
+PATH_METHODS = ("dense", "tiled", "fused", "floor_tiled")
 SIMIX_METHODS = ("ours", "simix_database", "simix_official", "materialised")
 
 
@@ -91,6 +101,22 @@ def floor_step(emb: torch.Tensor, labels: torch.Tensor, diff: torch.Tensor) -> t
     return sim.sum() * 0 + torch.sigmoid(diff).sum()
 
 
+def floor_tiled(emb: torch.Tensor, positives: int, tile: int, tau: float = 0.01) -> float:
+    """The floor of the tiled path (see the module docstring), with no autograd; P = ``positives`` columns."""
+    grad = torch.zeros_like(emb)
+    total = 0.0
+    for start in range(0, len(emb), tile):
+        rows = slice(start, start + tile)
+        sim = emb[rows] @ emb.T / tau
+        x = sim[:, None, :] - sim[:, :positives, None]
+        sig = torch.sigmoid(x)
+        total += float(sig.sum())
+        grad_sim = torch.ops.aten.sigmoid_backward(torch.ones_like(sig), sig).sum(1)
+        grad[rows] = grad_sim @ emb
+        grad.addmm_(grad_sim.T, emb[rows])
+    return total
+
+
 def materialised_loss(emb: torch.Tensor, labels: torch.Tensor, loss_fn) -> torch.Tensor:
     from pml_recallk.losses.similarity_mixup import same_class_pairs
 
@@ -118,7 +144,13 @@ def worker(method: str, batch: int, device: str, repeats: int, threads: int | No
 
     def step():
         emb = emb0.clone().requires_grad_(True)
-        if method == "ours":
+        if method == "floor_tiled":
+            # The same similarity tile as the tiled path; sigmoids over the whole tile (the kernel's memory model).
+            tile = min(batch, max(1, (1 << 24 if device == "cuda" else 1 << 21) // (batch * (m - 1))))
+            return floor_tiled(emb0, m - 1, tile)
+        if method in ("dense", "tiled", "fused"):
+            loss = RecallKSurrogateLoss(path=method)(emb, labels)
+        elif method == "ours":
             loss = RecallKSurrogateLoss()(emb, labels)
         elif method == "released_loop":
             loss = released_loop_loss(F.normalize(emb, dim=1), m)
@@ -186,9 +218,15 @@ def main(argv=None) -> None:
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--quick", action="store_true", help="one repetition, skip SiMix")
     parser.add_argument("--out", default="benchmarks/results/loss_speed")
+    parser.add_argument("--paths", action="store_true", help="compare RecallKSurrogateLoss's dense/tiled/fused paths")
+    parser.add_argument("--dense-max", type=int, default=20000, help="--paths: largest B the dense path runs at")
+    parser.add_argument("--floor-max", type=int, default=None, help="--paths: largest B the floor runs at")
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.device, args.repeats, args.threads)))
+        return
+    if args.paths:
+        compare_paths(args, " ".join([Path(sys.executable).name, *sys.argv]))
         return
     repeats = 1 if args.quick else args.repeats
     rows = []
@@ -262,6 +300,71 @@ def write_report(rows, simix_rows, args, command) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"command": command, "loss": rows, "simix": simix_rows}, indent=1))
+    print("\n".join(lines))
+
+
+def compare_paths(args, command) -> None:
+    """Dense vs tiled (vs fused on CUDA) vs the tiled floor at each B; one repetition above 20,000."""
+    rows = []
+    for batch in args.sizes:
+        for method in PATH_METHODS:
+            skip = _path_skip_reason(method, batch, args)
+            if skip:
+                rows.append({"method": method, "batch": batch, "seconds": None, "extra_mb": None, "note": skip})
+            else:
+                reps = args.repeats if batch <= 20000 else 1
+                rows.append(run(method, batch, args.device, reps, args.timeout, args.threads))
+            print(json.dumps(rows[-1]), flush=True)
+    write_paths_report(rows, args, command)
+
+
+def _path_skip_reason(method: str, batch: int, args) -> str | None:
+    if method == "fused" and args.device != "cuda":
+        return "Triton kernels need CUDA"
+    if method == "dense" and batch > args.dense_max:
+        return f"B×B similarities and gradient: {2 * 4 * batch * batch / 2**30:.0f} GiB"
+    if method == "floor_tiled" and args.floor_max is not None and batch > args.floor_max:
+        return "not run (time)"
+    return None
+
+
+def write_paths_report(rows, args, command) -> None:
+    def get(method, batch):
+        return next(r for r in rows if r["method"] == method and r["batch"] == batch)
+
+    def ratio(a, b):
+        return None if a is None or b is None else a / b
+
+    lines = [
+        "# RS@k: dense vs tiled path, one forward + backward",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
+        f"({args.threads or torch.get_num_threads()} torch threads per run), torch {torch.__version__}, "
+        f"device `{args.device}`. d = 512, 4 samples per class (P = 3), default temperatures and chunk sizes. "
+        "Extra memory = peak resident (CPU) or allocated (CUDA) memory during the call minus memory before it "
+        "(the B×512 embeddings already allocated). Time: median of the repetitions (one above B = 20,000).",
+        "",
+        "| B | dense s | tiled s | fused s | floor s | tiled / dense | fused / floor | tiled / floor "
+        "| dense MB | tiled MB | fused MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for batch in args.sizes:
+        d, t, f, fl = (get(m, batch) for m in PATH_METHODS)
+        lines.append(
+            f"| {batch} | {fmt(d['seconds'], '.3f')} | {fmt(t['seconds'], '.3f')} | {fmt(f['seconds'], '.3f')} "
+            f"| {fmt(fl['seconds'], '.3f')} | {fmt(ratio(t['seconds'], d['seconds']), '.2f')}× "
+            f"| {fmt(ratio(f['seconds'], fl['seconds']), '.2f')}× | {fmt(ratio(t['seconds'], fl['seconds']), '.2f')}× "
+            f"| {fmt(d['extra_mb'], '.0f')} | {fmt(t['extra_mb'], '.0f')} | {fmt(f['extra_mb'], '.0f')} |"
+        )
+    notes = [r for r in rows if r.get("note")]
+    if notes:
+        lines += ["", "Not measured: " + "; ".join(f"{r['method']} B={r['batch']}: {r['note']}" for r in notes)]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"command": command, "paths": rows}, indent=1))
     print("\n".join(lines))
 
 

@@ -25,6 +25,10 @@ _CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 24}
 # Elements of one T×N similarity tile of the tiled path: 32 MB (CPU) or 256 MB (GPU) in float32, enough rows that the
 # tile's matrix product is compute-bound, few enough that a tile and its gradient stay far below the B×d inputs.
 _TILE_ELEMENTS = {"cpu": 1 << 23, "cuda": 1 << 26}
+# Below this many Nq×N similarities (64 MB / 256 MB in float32) the tiled path keeps its forward tiles for backward
+# instead of recomputing them: the product costs as much as the sigmoids at B = 4,000, and the memory is still less
+# than the dense path's (which also holds the Nq×N gradient).
+_CACHE_ELEMENTS = {"cpu": 1 << 24, "cuda": 1 << 26}
 
 
 def _budget(table: dict[str, int], device: torch.device | str) -> int:
@@ -148,12 +152,16 @@ class TiledSoftRanks(torch.autograd.Function):
     def forward(ctx, query_emb, database_emb, positive_index, positive_valid, excluded, settings):
         tau, tile_size, chunk_size, kernel = settings
         ranks = query_emb.new_empty(positive_index.shape)
+        keep = len(query_emb) * len(database_emb) <= _budget(_CACHE_ELEMENTS, query_emb.device)
+        ctx.tiles = []
         with torch.autocast(query_emb.device.type, enabled=False):
             for start in range(0, len(query_emb), tile_size):
                 rows = slice(start, start + tile_size)
                 sim = query_emb[rows] @ database_emb.T
                 cols = excluded[rows] if excluded is not None else None
                 ranks[rows] = tile_ranks(sim, positive_index[rows], cols, tau, chunk_size, kernel)
+                if keep:
+                    ctx.tiles.append(sim)
         ranks.masked_fill_(~positive_valid, 0.0)
         ctx.save_for_backward(query_emb, database_emb, positive_index, positive_valid, excluded)
         ctx.settings = settings
@@ -170,7 +178,7 @@ class TiledSoftRanks(torch.autograd.Function):
         with torch.autocast(query_emb.device.type, enabled=False):
             for start in range(0, len(query_emb), tile_size):
                 rows = slice(start, start + tile_size)
-                sim = query_emb[rows] @ database_emb.T
+                sim = ctx.tiles.pop(0) if ctx.tiles else query_emb[rows] @ database_emb.T
                 cols = excluded[rows] if excluded is not None else None
                 grad_sim = tile_rank_grad(sim, positive_index[rows], cols, weight[rows], tau, chunk_size, kernel)
                 del sim

@@ -4,6 +4,8 @@ The dense path is itself pinned to the plain float64 reference (tests/references
 test_recall_k_surrogate_loss.py; here the tiled path is compared with both.
 """
 
+from unittest import mock
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -12,7 +14,7 @@ from pytorch_metric_learning import distances, miners, reducers
 from rsk_reference import reference_loss
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pml_recallk import RecallKSurrogateLoss
+from pml_recallk import RecallKSurrogateLoss, _tiled
 from pml_recallk import functional as rsk_functional
 from pml_recallk.losses import recall_k_surrogate_loss as rsk_module
 
@@ -65,11 +67,13 @@ def _element_losses_and_grads(path, emb, labels, ref, options):
 
 
 @settings(max_examples=60, deadline=None)
-@given(problem=loss_problems())
-def test_tiled_equals_dense_in_float64_with_gradients(problem):
+@given(problem=loss_problems(), keep_tiles=st.booleans())
+def test_tiled_equals_dense_in_float64_with_gradients(problem, keep_tiles):
+    """Both ways of the tiled backward: with the forward tiles kept (small batches) and recomputed (large ones)."""
     emb, labels, ref, options = problem
     dense = _element_losses_and_grads("dense", emb, labels, ref, options)
-    tiled = _element_losses_and_grads("tiled", emb, labels, ref, options)
+    with mock.patch.dict(_tiled._CACHE_ELEMENTS, {"cpu": 1 << 24 if keep_tiles else 0}):
+        tiled = _element_losses_and_grads("tiled", emb, labels, ref, options)
     if dense[0] is None:
         assert tiled[0] is None
         return
@@ -175,7 +179,7 @@ def test_tiled_path_never_holds_a_batch_by_batch_tensor(path, holds_batch_square
     emb = torch.randn(batch, dim, requires_grad=True)
     labels = torch.arange(batch // 4).repeat_interleave(4)
     loss_fn = RecallKSurrogateLoss(path=path, tile_size=12, query_chunk_size=3)
-    with _LargestTensor() as record:
+    with mock.patch.dict(_tiled._CACHE_ELEMENTS, {"cpu": 0}), _LargestTensor() as record:
         loss_fn(emb, labels).backward()
     # One tile is 12 × 240; one chunk of sigmoids 3 × 3 × 240; the inputs 240 × 8.
     assert (record.largest >= batch * batch) == holds_batch_squared
