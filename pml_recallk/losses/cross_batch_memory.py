@@ -8,7 +8,7 @@ import torch
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from .._checks import check_embeddings, check_labels, check_positive_int
+from .._checks import check_bool, check_embeddings, check_labels, check_positive_int
 from .recall_k_surrogate_loss import RecallKSurrogateLoss, float_embeddings, loss_precision
 from .similarity_mixup import SimilarityMixup, mix_columns, same_class_pairs, virtual_items_of_parents
 
@@ -22,16 +22,18 @@ class CrossBatchMemory(pml_losses.CrossBatchMemory):
     ``SimilarityMixup(RecallKSurrogateLoss(), mode="database")``.
 
     For the Recall@k losses the queries are the current batch and the database is the memory: a queue of the
-    last ``memory_size`` detached embeddings, the current batch included (it is enqueued before the loss, as
+    last ``memory_size`` embeddings, detached, the current batch included (it is enqueued before the loss, as
     PML does). Each query's own entry is left out of its database (docs/method.md §1): it is neither a
     positive nor counted in any rank, so for query q with memory M and sample ids ``id``::
 
         Ω_q = {z ∈ M : z ≠ q's own entry, id(z) ≠ id(q)}          (the second condition only with sample_ids)
         r̃(q,p) = 1 + Σ_{z ∈ Ω_q, z ≠ p} σ((s(q,z) − s(q,p)) / rank_temperature)   for p ∈ P_q ⊆ Ω_q
 
-    and ℓ(q) is the RS@k loss of docs/method.md §2 on that database. Gradients flow through the queries only.
-    With ``SimilarityMixup`` in database mode, virtual items mixed from same-class pairs of the enqueued batch
-    extend the database (docs/method.md §3), each query's own virtual items left out. Every other PML loss
+    and ℓ(q) is the RS@k loss of docs/method.md §2 on that database. The older entries are constants; the
+    current batch's own columns are its live embeddings (``detach_batch=False``), so a memory that holds only
+    the batch gives exactly the loss and the gradient of RS@k on the batch alone. With ``SimilarityMixup`` in
+    database mode, virtual items mixed from same-class pairs of the enqueued batch extend the database
+    (docs/method.md §3), each query's own virtual items left out. Every other PML loss
     goes through PML's ``forward`` unchanged.
 
     Args:
@@ -41,6 +43,8 @@ class CrossBatchMemory(pml_losses.CrossBatchMemory):
         memory_size: the queue's length; at least the number of items enqueued per call.
         miner: as in PML. For the Recall@k losses a miner (and an ``indices_tuple``) only weights the queries:
             each by how often it is an anchor, divided by the largest count (PML's ``convert_to_weights``).
+        detach_batch: Recall@k losses: the batch's own database columns are detached copies too, so gradients
+            flow through the queries only (PML's semantics for its losses; measured no better on glyphs).
 
     ``forward(embeddings, labels, indices_tuple=None, enqueue_mask=None, sample_ids=None)``: PML's arguments,
     plus ``sample_ids`` (one non-negative int per row, e.g. the dataset index; Recall@k losses only), which
@@ -67,11 +71,16 @@ class CrossBatchMemory(pml_losses.CrossBatchMemory):
         embedding_size: int,
         memory_size: int = 1024,
         miner: torch.nn.Module | None = None,
+        *,
+        detach_batch: bool = False,
         **kwargs,
     ):
         embedding_size = check_positive_int(embedding_size, "embedding_size")
         memory_size = check_positive_int(memory_size, "memory_size")
+        detach = check_bool(detach_batch, "detach_batch")
         super().__init__(loss=loss, embedding_size=embedding_size, memory_size=memory_size, miner=miner, **kwargs)
+        self.detach_batch = detach
+        self.add_to_recordable_attributes(list_of_names=["detach_batch"], is_stat=False)
         if isinstance(loss, SimilarityMixup) and loss.mode not in DATABASE_MODES:
             raise ValueError(
                 "CrossBatchMemory takes SimilarityMixup only in its database mode (virtual items extend the memory's "
@@ -131,7 +140,8 @@ class CrossBatchMemory(pml_losses.CrossBatchMemory):
             self.add_to_memory(embeddings, labels, enqueued, sample_ids)
         else:
             self.curr_batch_idx = torch.zeros(0, dtype=torch.long, device=device)
-        return self._recall_loss(queries, query_labels, query_ids, labels, indices_tuple, enqueue_mask is None)
+        enqueued_items = (embeddings, labels)
+        return self._recall_loss(queries, query_labels, query_ids, enqueued_items, indices_tuple, enqueue_mask is None)
 
     def add_to_memory(self, embeddings, labels, batch_size, sample_ids=None):
         # PML casts the memory to the embeddings' dtype before this; the Recall@k path keeps it in float32.
@@ -184,7 +194,7 @@ class CrossBatchMemory(pml_losses.CrossBatchMemory):
         self.label_memory = self.label_memory.to(device=device, dtype=label_dtype)
         self.sample_id_memory = self.sample_id_memory.to(device=device)
 
-    def _recall_loss(self, queries, query_labels, query_ids, enqueued_labels, indices_tuple, queries_enqueued):
+    def _recall_loss(self, queries, query_labels, query_ids, enqueued_items, indices_tuple, queries_enqueued):
         """RS@k of the queries against the memory, own entries (and stale copies) left out; reduced."""
         rsk = self.recall_loss
         rsk.reset_stats()
@@ -195,7 +205,12 @@ class CrossBatchMemory(pml_losses.CrossBatchMemory):
         excluded = None if query_ids is None else stale_copies(query_ids, memory_ids, self_index)
         weights = self._query_weights(queries, query_labels, memory, memory_labels, indices_tuple, queries_enqueued)
         with loss_precision(queries):
-            sim = rsk.distance(float_embeddings(queries), memory)
+            enqueued, enqueued_labels = enqueued_items
+            database = memory
+            if not self.detach_batch and len(enqueued) > 0:
+                # The batch's own columns are its live embeddings: in-batch pairs get gradient on both sides.
+                database = memory.index_put((self.curr_batch_idx,), float_embeddings(enqueued).to(memory.dtype))
+            sim = rsk.distance(float_embeddings(queries), database)
             database_labels = memory_labels
             if isinstance(self.loss, SimilarityMixup) and self.loss.training:
                 sim, database_labels, excluded = self._mix_database(

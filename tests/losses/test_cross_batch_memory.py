@@ -64,8 +64,14 @@ class ReferenceQueue:
             self.entries.append((embeddings[row].detach().double(), int(labels[row]), int(ids[row]), step, row))
         self.entries = self.entries[-self.memory_size :]
 
-    def loss(self, queries, query_labels, query_ids, step, own_entries, exclude_stale, weights=None):
-        items = [e[0] / e[0].norm() for e in self.entries]
+    def items(self, step, live=None):
+        """Unit vectors of the entries; those enqueued at ``step`` are rows of ``live`` (the batch's embeddings,
+        with gradient) unless ``live`` is None (detached copies)."""
+        vectors = [live[row] if live is not None and z_step == step else e for e, _, _, z_step, row in self.entries]
+        return [v / v.norm() for v in vectors]
+
+    def loss(self, queries, query_labels, query_ids, step, own_entries, exclude_stale, weights=None, live=None):
+        items = self.items(step, live)
         labels = [e[1] for e in self.entries]
         databases = []
         for q in range(len(queries)):
@@ -102,19 +108,23 @@ def check_step(memory, queue, emb, labels, ids, step, use_ids, dtype):
     (got_grad,) = torch.autograd.grad(got, emb)
     queue.enqueue(emb, labels, ids, step)
     queries = emb.detach().double().requires_grad_()
-    expected, _ = queue.loss(queries, labels, ids, step, own_entries=True, exclude_stale=use_ids)
+    live = None if memory.detach_batch else queries
+    expected, _ = queue.loss(queries, labels, ids, step, own_entries=True, exclude_stale=use_ids, live=live)
     (expected_grad,) = torch.autograd.grad(expected, queries)
     torch.testing.assert_close(got.double(), expected.detach(), **tolerance(dtype))
     torch.testing.assert_close(got_grad.double(), expected_grad, **tolerance(dtype))
     assert got.dtype == dtype
 
 
+@pytest.mark.parametrize("detach_batch", [False, True], ids=["live_batch", "detached_batch"])
 @pytest.mark.parametrize("use_ids", [False, True], ids=["no_ids", "sample_ids"])
 @pytest.mark.parametrize("memory_size", [6, 16, 18], ids=lambda m: f"memory{m}")
-def test_values_and_gradients_match_reference_before_and_after_wrap_around(memory_size, use_ids, dtype, device):
+def test_values_and_gradients_match_reference_before_and_after_wrap_around(
+    memory_size, use_ids, detach_batch, dtype, device
+):
     """Batches of 6 into memories of 6 (the batch only), 16 (wraps mid-batch) and 18 (fills exactly); ids recur
     across steps, so with sample_ids the stale copies of a query's image must leave its database."""
-    memory = CrossBatchMemory(loss=rsk(), embedding_size=3, memory_size=memory_size)
+    memory = CrossBatchMemory(loss=rsk(), embedding_size=3, memory_size=memory_size, detach_batch=detach_batch)
     queue = ReferenceQueue(memory_size)
     for step in range(5):
         emb, labels, ids = make_batch(6, 3, num_classes=3, num_ids=9, seed=step, dtype=dtype, device=device)
@@ -128,11 +138,14 @@ def test_values_and_gradients_match_reference_before_and_after_wrap_around(memor
     extra_memory=st.integers(0, 12),
     num_classes=st.integers(1, 4),
     use_ids=st.booleans(),
+    detach_batch=st.booleans(),
     seed=st.integers(0, 1000),
 )
-def test_any_sequence_of_batch_sizes_matches_reference(batch_sizes, extra_memory, num_classes, use_ids, seed):
+def test_any_sequence_of_batch_sizes_matches_reference(
+    batch_sizes, extra_memory, num_classes, use_ids, detach_batch, seed
+):
     memory_size = max(batch_sizes) + extra_memory
-    memory = CrossBatchMemory(loss=rsk(), embedding_size=3, memory_size=memory_size)
+    memory = CrossBatchMemory(loss=rsk(), embedding_size=3, memory_size=memory_size, detach_batch=detach_batch)
     queue = ReferenceQueue(memory_size)
     for step, batch_size in enumerate(batch_sizes):
         emb, labels, ids = make_batch(
@@ -143,10 +156,13 @@ def test_any_sequence_of_batch_sizes_matches_reference(batch_sizes, extra_memory
 
 @pytest.mark.parametrize("memory_size", [12, 40], ids=["memory_is_the_batch", "memory_not_full"])
 def test_the_query_is_never_its_own_positive(memory_size, dtype, device):
-    """A memory that holds only the batch gives the loss of the batch alone (each query's own entry left out)."""
+    """A memory that holds only the batch gives the loss of the batch alone (each query's own entry left out),
+    and with the batch's columns live (the default) its gradient too."""
     emb, labels, _ = make_batch(12, 4, num_classes=3, num_ids=12, seed=3, dtype=dtype, device=device)
     got = CrossBatchMemory(loss=rsk(), embedding_size=4, memory_size=memory_size)(emb, labels)
-    torch.testing.assert_close(got, rsk()(emb, labels), **tolerance(dtype))
+    expected = rsk()(emb, labels)
+    torch.testing.assert_close(got, expected, **tolerance(dtype))
+    torch.testing.assert_close(torch.autograd.grad(got, emb)[0], torch.autograd.grad(expected, emb)[0])
 
 
 def test_a_singleton_class_has_no_positive_in_a_memory_holding_only_the_batch(device):
@@ -159,10 +175,11 @@ def test_a_singleton_class_has_no_positive_in_a_memory_holding_only_the_batch(de
     assert raw(emb, labels)["loss"]["reduction_type"] == "already_reduced"  # PML's zero loss: no query counted
 
 
+@pytest.mark.parametrize("detach_batch", [False, True], ids=["live_batch", "detached_batch"])
 @pytest.mark.parametrize("use_ids", [False, True], ids=["no_ids", "sample_ids"])
-def test_enqueue_mask_queries_are_not_in_the_memory(use_ids, dtype, device):
+def test_enqueue_mask_queries_are_not_in_the_memory(use_ids, detach_batch, dtype, device):
     """PML's enqueue_mask: masked rows are enqueued, the others are queries against the memory (no self entry)."""
-    memory = CrossBatchMemory(loss=rsk(), embedding_size=3, memory_size=10)
+    memory = CrossBatchMemory(loss=rsk(), embedding_size=3, memory_size=10, detach_batch=detach_batch)
     queue = ReferenceQueue(10)
     for step in range(4):
         emb, labels, ids = make_batch(8, 3, num_classes=3, num_ids=9, seed=10 + step, dtype=dtype, device=device)
@@ -170,12 +187,14 @@ def test_enqueue_mask_queries_are_not_in_the_memory(use_ids, dtype, device):
         got = memory(emb, labels, enqueue_mask=mask, sample_ids=ids if use_ids else None)
         (got_grad,) = torch.autograd.grad(got, emb)
         queue.enqueue(emb[mask], labels[mask], ids[mask], step)
-        queries = emb[~mask].detach().double().requires_grad_()
-        expected, _ = queue.loss(queries, labels[~mask], ids[~mask], step, own_entries=False, exclude_stale=use_ids)
-        (expected_grad,) = torch.autograd.grad(expected, queries)
+        full = emb.detach().double().requires_grad_()
+        live = None if detach_batch else full[mask]
+        expected, _ = queue.loss(full[~mask], labels[~mask], ids[~mask], step, False, use_ids, live=live)
+        (expected_grad,) = torch.autograd.grad(expected, full)
         torch.testing.assert_close(got.double(), expected.detach(), **tolerance(dtype))
-        torch.testing.assert_close(got_grad[~mask].double(), expected_grad, **tolerance(dtype))
-        assert torch.count_nonzero(got_grad[mask]) == 0
+        torch.testing.assert_close(got_grad.double(), expected_grad, **tolerance(dtype))
+        if detach_batch:
+            assert torch.count_nonzero(got_grad[mask]) == 0
 
 
 def test_enqueue_mask_with_nothing_enqueued_leaves_the_memory_as_it_was(device):
@@ -189,10 +208,10 @@ def test_enqueue_mask_with_nothing_enqueued_leaves_the_memory_as_it_was(device):
 
 
 def simix_reference(queue, queries, labels, step, alpha, pairs):
-    """Virtual items v = α·ê_i + (1−α)·ê_j built from the memory copies of the batch (docs/method.md §3), not
+    """Virtual items v = α·ê_i + (1−α)·ê_j built from the batch's live embeddings (docs/method.md §3), not
     re-normalised, appended to the reference set; query q's database leaves out its own entry and every virtual
     item with q as a parent."""
-    items = [e[0] / e[0].norm() for e in queue.entries]
+    items = queue.items(step, live=queries)
     item_labels = [e[1] for e in queue.entries]
     own = {e[4]: z for z, e in enumerate(queue.entries) if e[3] == step}
     n_memory = len(items)
