@@ -17,6 +17,7 @@ import torch
 __all__ = [
     "check_bool",
     "check_embeddings",
+    "check_fraction",
     "check_int",
     "check_k_values",
     "check_labels",
@@ -127,3 +128,11 @@ def check_labels(labels: Any, name: str, *, length: int | None = None, length_of
         raise TypeError(f"{name} must hold integer class ids, got dtype {labels.dtype}; convert with .long()")
     if length is not None and len(labels) != length:
         raise ValueError(f"{name} has {len(labels)} entries but {length_of} has {length}; give one label per row")
+
+
+def check_fraction(value: Any, name: str) -> float:
+    """A real number strictly between 0 and 1 (the share of classes or families held out for testing)."""
+    value = check_real(value, name)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be strictly between 0 and 1, got {value!r}")
+    return value

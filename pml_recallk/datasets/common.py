@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
+from .._checks import check_fraction, check_int
+
 
 def check_split(dataset_name: str, split: str, valid_splits: Sequence[str]) -> None:
     """Raise ValueError unless ``split`` is one of ``valid_splits``."""
@@ -200,8 +202,8 @@ def class_disjoint_split(dataset: Dataset, val_fraction: float = 0.2, seed: int 
         >>> len(train), len(val), val.labels.tolist()
         (6, 6, [0, 0, 1, 1, 2, 2])
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    val_fraction = check_fraction(val_fraction, "val_fraction")
+    seed = check_int(seed, "seed", minimum=0)
     labels = getattr(dataset, "labels", None)
     if labels is None:
         raise TypeError("class_disjoint_split needs a dataset with a `labels` attribute (one class id per item)")

@@ -24,6 +24,7 @@ import PIL
 from PIL import Image, features
 from torch.utils.data import Dataset
 
+from .._checks import check_bool, check_fraction, check_int, check_positive_int
 from .._io import save_npz_atomic
 from .common import check_split
 from .fonts import (
@@ -313,73 +314,30 @@ class Glyphs(Dataset):
         disjoint_families: bool | None = None,
     ):
         check_split("Glyphs", split, self.splits)
-        if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 16:
-            raise ValueError(f"Glyphs: image_size must be an integer >= 16 (pixels), got {image_size!r}")
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"Glyphs: test_fraction must be in (0, 1), got {test_fraction!r}")
-        if isinstance(min_faces_per_character, bool) or not isinstance(min_faces_per_character, (int, np.integer)):
-            raise TypeError(f"Glyphs: min_faces_per_character must be an int, got {min_faces_per_character!r}")
-        if min_faces_per_character < 1:
-            raise ValueError(f"Glyphs: min_faces_per_character must be >= 1, got {min_faces_per_character}")
+        image_size = check_int(image_size, "image_size", minimum=16)
+        options = _SplitOptions(
+            seed=check_int(seed, "seed", minimum=0),
+            test_fraction=check_fraction(test_fraction, "test_fraction"),
+            min_faces_per_character=check_positive_int(min_faces_per_character, "min_faces_per_character"),
+            one_face_per_family=check_bool(one_face_per_family, "one_face_per_family"),
+            disjoint_families=None if disjoint_families is None else check_bool(disjoint_families, "disjoint_families"),
+        )
         if transform is not None and not callable(transform):
             raise TypeError(f"Glyphs: transform must be callable or None, got {type(transform).__name__}")
         alphabet = _check_characters(characters)
 
-        table = glyph_table(font_dirs, alphabet, int(image_size), cache_dir)
-        faces = np.arange(len(table.face_names))
-        if one_face_per_family:
-            faces = np.sort(table.family_representative)
-        families = np.unique(table.face_family[faces])
-        if disjoint_families is None:
-            disjoint_families = len(families) >= MIN_FAMILIES_FOR_DISJOINT_SPLIT
-        rng = np.random.default_rng(seed)
-        if disjoint_families:
-            if len(families) < 2:
-                raise ValueError(
-                    f"Glyphs: disjoint_families=True needs at least 2 font families, found {len(families)} "
-                    f"({list(table.family_names[families])}); add font_dirs or pass disjoint_families=False"
-                )
-            num_test = min(max(round(test_fraction * len(families)), 1), len(families) - 1)
-            test_families = rng.permutation(families)[:num_test]
-            in_test = np.isin(table.face_family[faces], test_families)
-            split_faces = {"train": faces[~in_test], "test": faces[in_test]}
-        else:
-            split_faces = {"train": faces, "test": faces}
-
-        # A character qualifies when both splits' faces hold enough samples of it, so the character split is a
-        # plain random partition of the qualifying characters.
-        counts = {
-            s: np.bincount(table.char_index[np.isin(table.face_index, f)], minlength=len(alphabet))
-            for s, f in split_faces.items()
-        }
-        usable = [
-            c for c in range(len(alphabet)) if min(counts["train"][c], counts["test"][c]) >= min_faces_per_character
-        ]
-        test_chars: list[int] = []
-        for group in dict.fromkeys(_character_group(alphabet[c]) for c in usable):
-            members = [c for c in usable if _character_group(alphabet[c]) == group]
-            test_chars += rng.permutation(members)[: round(test_fraction * len(members))].tolist()
-        split_chars = {"test": sorted(test_chars), "train": sorted(set(usable) - set(test_chars))}
-        if not split_chars["train"] or not split_chars["test"]:
-            raise ValueError(
-                f"Glyphs: only {len(usable)} characters have >= {min_faces_per_character} samples in the faces of "
-                f"both splits ({len(split_faces['train'])} train, {len(split_faces['test'])} test faces); "
-                "add font_dirs, lower min_faces_per_character, or pass disjoint_families=False"
-            )
-
-        chars, face_set = split_chars[split], split_faces[split]
-        keep = np.flatnonzero(np.isin(table.char_index, chars) & np.isin(table.face_index, face_set))
-        label_of_char = np.full(len(alphabet), -1, dtype=np.int64)
-        label_of_char[chars] = np.arange(len(chars))
-        order = np.lexsort((table.face_index[keep], label_of_char[table.char_index[keep]]))
-        keep = keep[order]
+        table = glyph_table(font_dirs, alphabet, image_size, cache_dir)
+        rng = np.random.default_rng(options.seed)  # families are drawn first, then characters: keep this order
+        split_faces, self.disjoint_families = _split_faces(table, options, rng)
+        split_chars = _split_characters(table, alphabet, split_faces, options, rng)
+        chars = split_chars[split]
+        keep, labels = _samples_of(table, chars, split_faces[split])
 
         self.split = split
-        self.image_size = int(image_size)
+        self.image_size = image_size
         self.transform = transform
-        self.disjoint_families = bool(disjoint_families)
         self.images = table.images[keep]
-        self.labels = label_of_char[table.char_index[keep]]
+        self.labels = labels
         self.characters = tuple(alphabet[c] for c in chars)
         self.fonts = table.face_names[table.face_index[keep]].tolist()
         self.font_paths = table.face_paths[table.face_index[keep]].tolist()
@@ -405,6 +363,82 @@ class Glyphs(Dataset):
             f"faces={len(set(self.fonts))}, families={len(set(self.families))}, "
             f"disjoint_families={self.disjoint_families})"
         )
+
+
+@dataclass(frozen=True)
+class _SplitOptions:
+    """The checked arguments of :class:`Glyphs` that decide the split."""
+
+    seed: int
+    test_fraction: float
+    min_faces_per_character: int
+    one_face_per_family: bool
+    disjoint_families: bool | None
+
+
+def _split_faces(
+    table: GlyphTable, options: _SplitOptions, rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray], bool]:
+    """The faces of each split, and whether they are family-disjoint (see :class:`Glyphs`)."""
+    faces = np.arange(len(table.face_names))
+    if options.one_face_per_family:
+        faces = np.sort(table.family_representative)
+    families = np.unique(table.face_family[faces])
+    disjoint = options.disjoint_families
+    if disjoint is None:
+        disjoint = len(families) >= MIN_FAMILIES_FOR_DISJOINT_SPLIT
+    if not disjoint:
+        return {"train": faces, "test": faces}, False
+    if len(families) < 2:
+        raise ValueError(
+            f"Glyphs: disjoint_families=True needs at least 2 font families, found {len(families)} "
+            f"({list(table.family_names[families])}); add font_dirs or pass disjoint_families=False"
+        )
+    num_test = min(max(round(options.test_fraction * len(families)), 1), len(families) - 1)
+    test_families = rng.permutation(families)[:num_test]
+    in_test = np.isin(table.face_family[faces], test_families)
+    return {"train": faces[~in_test], "test": faces[in_test]}, True
+
+
+def _split_characters(
+    table: GlyphTable,
+    alphabet: str,
+    split_faces: dict[str, np.ndarray],
+    options: _SplitOptions,
+    rng: np.random.Generator,
+) -> dict[str, list[int]]:
+    """Character indices of each split: a ``test_fraction`` of each script and case goes to test.
+
+    A character qualifies when both splits' faces hold at least ``min_faces_per_character`` samples of it, so
+    the character split is a plain random partition of the qualifying characters.
+    """
+    counts = {
+        s: np.bincount(table.char_index[np.isin(table.face_index, f)], minlength=len(alphabet))
+        for s, f in split_faces.items()
+    }
+    minimum = options.min_faces_per_character
+    usable = [c for c in range(len(alphabet)) if min(counts["train"][c], counts["test"][c]) >= minimum]
+    test_chars: list[int] = []
+    for group in dict.fromkeys(_character_group(alphabet[c]) for c in usable):
+        members = [c for c in usable if _character_group(alphabet[c]) == group]
+        test_chars += rng.permutation(members)[: round(options.test_fraction * len(members))].tolist()
+    split_chars = {"test": sorted(test_chars), "train": sorted(set(usable) - set(test_chars))}
+    if not split_chars["train"] or not split_chars["test"]:
+        raise ValueError(
+            f"Glyphs: only {len(usable)} characters have >= {minimum} samples in the faces of both splits "
+            f"({len(split_faces['train'])} train, {len(split_faces['test'])} test faces); "
+            "add font_dirs, lower min_faces_per_character, or pass disjoint_families=False"
+        )
+    return split_chars
+
+
+def _samples_of(table: GlyphTable, chars: list[int], faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``table`` for ``chars`` in ``faces``, sorted by label then face, and their labels ``0..C-1``."""
+    keep = np.flatnonzero(np.isin(table.char_index, chars) & np.isin(table.face_index, faces))
+    label_of_char = np.full(len(table.characters), -1, dtype=np.int64)
+    label_of_char[chars] = np.arange(len(chars))
+    keep = keep[np.lexsort((table.face_index[keep], label_of_char[table.char_index[keep]]))]
+    return keep, label_of_char[table.char_index[keep]]
 
 
 def _check_characters(characters: str | Iterable[str] | None) -> str:

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import Dataset
 
+from pml_recallk._checks import check_fraction
 from pml_recallk.datasets import class_disjoint_split
 from pml_recallk.datasets.common import remap_labels
 
@@ -83,10 +84,29 @@ def test_split_accepts_tensor_labels():
     assert len(train) + len(val) == 6
 
 
-@pytest.mark.parametrize("val_fraction", [0.0, 1.0, -0.1, 1.5])
+@pytest.mark.parametrize("val_fraction", [0.0, 1.0, -0.1, 1.5, float("nan"), float("inf")])
 def test_fraction_outside_open_unit_interval_is_rejected(val_fraction):
     with pytest.raises(ValueError, match="val_fraction"):
         class_disjoint_split(ToyDataset([0, 1, 2]), val_fraction)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error",
+    [({"val_fraction": "0.2"}, TypeError), ({"val_fraction": True}, TypeError), ({"seed": -1}, ValueError)]
+    + [({"seed": 1.0}, TypeError), ({"seed": None}, TypeError)],
+)
+def test_wrong_types_and_seeds_are_rejected(kwargs, error):
+    with pytest.raises(error, match=next(iter(kwargs))):
+        class_disjoint_split(ToyDataset([0, 1, 2]), **kwargs)
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True))
+def test_check_fraction_accepts_exactly_the_open_unit_interval(value):
+    if 0.0 < value < 1.0:
+        assert check_fraction(value, "f") == value
+    else:
+        with pytest.raises(ValueError, match="^f must be (finite|strictly between 0 and 1)"):
+            check_fraction(value, "f")
 
 
 def test_a_single_class_cannot_be_split():

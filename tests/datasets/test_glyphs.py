@@ -335,6 +335,14 @@ def test_caps_symbol_and_placeholder_faces_are_filtered(tmp_path):
     [
         ({"split": "val"}, ValueError, "split must be one of"),
         ({"image_size": 8}, ValueError, "image_size"),
+        ({"image_size": 32.0}, TypeError, "image_size"),
+        ({"seed": -1}, ValueError, "seed"),
+        ({"seed": None}, TypeError, "seed"),  # None would draw a random split
+        ({"test_fraction": float("nan")}, ValueError, "test_fraction"),
+        ({"test_fraction": "0.4"}, TypeError, "test_fraction"),
+        ({"min_faces_per_character": 2.0}, TypeError, "min_faces_per_character"),
+        ({"one_face_per_family": 1}, TypeError, "one_face_per_family"),
+        ({"disjoint_families": "yes"}, TypeError, "disjoint_families"),
         ({"test_fraction": 1.0}, ValueError, "test_fraction"),
         ({"min_faces_per_character": 0}, ValueError, "min_faces_per_character"),
         ({"characters": "AAB"}, ValueError, "must not repeat"),
