@@ -23,6 +23,7 @@ _PUBLIC = {
     "INaturalist2018": ".inaturalist",
     "VehicleID": ".vehicle_id",
     "Glyphs": ".glyphs",
+    "HanGlyphs": ".han_glyphs",
     "class_disjoint_split": ".common",
 }
 
