@@ -157,7 +157,10 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
         path = self.resolve_path(len(query_emb), len(database_emb))
         if path == "dense":
             sim = self.distance.compute_mat(query_emb, database_emb)
-            return self.loss_from_similarities(sim, query_labels, database_labels, self_index, excluded_index, weights)
+            per_query, has_positive = functional.recall_k_surrogate_loss(
+                sim, query_labels, database_labels, self_index, excluded_index, **self._functional_kwargs()
+            )
+            return self._loss_dict(per_query, has_positive, weights, (query_emb, database_emb))
         if path == "fused":
             from .._triton import check_triton_usable
 
@@ -198,7 +201,7 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
             excluded_index=excluded_index,
             **self._functional_kwargs(),
         )
-        return self._loss_dict(per_query, has_positive, weights, (sim,))
+        return self._loss_dict(per_query, has_positive, weights, None)
 
     def _functional_kwargs(self) -> dict:
         return {
@@ -210,11 +213,11 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
             "query_chunk_size": self.query_chunk_size,
         }
 
-    def _loss_dict(self, per_query, has_positive, weights, inputs) -> dict:
+    def _loss_dict(self, per_query, has_positive, weights, embeddings) -> dict:
         # One host sync for both questions: is there a query with a positive, and is every loss finite?
         any_positive, finite = torch.stack([has_positive.any(), torch.isfinite(per_query).all()]).tolist()
         if not finite:
-            raise ValueError(_nonfinite_message(inputs))
+            raise ValueError(_nonfinite_message(embeddings))
         if not any_positive:
             return self.zero_losses()
         indices = torch.where(has_positive)[0]
@@ -224,8 +227,10 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
         return {"loss": {"losses": losses, "indices": indices, "reduction_type": "element"}}
 
 
-def _nonfinite_message(inputs) -> str:
-    if not all(bool(torch.isfinite(x).all()) for x in inputs):
+def _nonfinite_message(embeddings) -> str:
+    if embeddings is None:  # the similarities were given
+        return "the similarities contain NaN or inf; check the embeddings they come from and their scale"
+    if not all(bool(torch.isfinite(x).all()) for x in embeddings):
         return (
             "embeddings contain NaN or inf; check the model's output (learning rate, inputs). cached_backward and "
             "MemoryEfficientTrainer check the embeddings before the loss and, with stop_on_nan=False, skip such a step"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
-from numbers import Integral
 
 import torch
 import torch.distributed as dist
@@ -14,6 +13,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.parallel import DistributedDataParallel
 
+from .._checks import check_bool, check_positive_int
 from ._rng import RngSnapshot, cuda_rng_in_use
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -36,53 +36,36 @@ def cached_backward(
     """Back-propagate ``loss_fn(model(inputs), labels)`` holding the activations of one chunk at a time.
 
     With ``E = model(inputs)`` (B×d) and ``G = ∂L/∂E``, the parameter gradient is
-    ``∂L/∂θ = Σ_chunks (∂E_c/∂θ)ᵀ G_c``, so it can be built chunk by chunk:
+    ``∂L/∂θ = Σ_chunks (∂E_c/∂θ)ᵀ G_c`` (docs/method.md §4), so it is built chunk by chunk:
 
-    1. forward every chunk of ``chunk_size`` inputs under ``torch.no_grad()``, saving the random number
-       generators (CPU and every CUDA device) before each chunk;
-    2. make the concatenated embeddings a leaf, compute ``L = loss_fn(E, labels)`` (in float32 when
-       ``amp`` is set) and back-propagate it to ``G`` (and to any parameters of the loss);
+    1. forward every chunk under ``torch.no_grad()``, saving the random generators (CPU, CUDA) before each;
+    2. make the concatenated embeddings a leaf, compute ``L = loss_fn(E, labels)`` (in float32 when ``amp`` is
+       set) and back-propagate it to ``G`` (and to any parameters of the loss);
     3. for each chunk again: replay its generator states, forward with grad and ``E_c.backward(G_c)``.
 
-    Afterwards every ``.grad`` holds (accumulates, like ``backward()``) what
-    ``loss_fn(cat([model(c) for c in chunks]), labels).backward()`` would give. That is also the gradient
-    of the plain unchunked ``loss_fn(model(inputs), labels)`` when the model treats samples independently:
-    BatchNorm in eval mode (frozen) or absent, and no random ops (dropout draws one mask per call).
-
-    The random generators: pass 1 draws exactly what a plain forward of the same chunks in order would,
-    the loss draws after it (as a plain step would), and pass 2 replays each chunk's numbers without
-    moving the global generators. A seeded cached step therefore reproduces a seeded plain chunked step,
-    and the generators end where that step would leave them.
-
-    BatchNorm in train mode normalises each chunk by its own statistics (as a plain chunked forward
-    would) and updates its running statistics once per chunk, in pass 1; pass 2's updates are undone.
-    With ``DistributedDataParallel``, every rank must hold the same number of inputs.
+    Afterwards every ``.grad`` holds (accumulates) what ``loss_fn(cat([model(c) for c in chunks]), labels)
+    .backward()`` would give: the plain full-batch gradient when the model treats samples independently
+    (BatchNorm frozen or absent). Train-mode BatchNorm normalises each chunk by its own statistics and updates its
+    running statistics once per chunk (pass 2's updates are undone). Random generators end where a plain chunked
+    step leaves them. docs/cached_backward.md has the details, DDP and the whole-training-set recipe.
 
     Args:
-        model: the network; each chunk is moved to the device of its first parameter, so the whole
-            batch may stay in host memory. If it is (or contains) a ``DistributedDataParallel`` module,
-            the embeddings of all ranks form the global batch the loss sees, every rank back-propagates
-            its own chunks (``no_sync()`` for all but the last) and, after DDP averages them, the
-            gradients equal those of one process holding the whole global batch. Use a plain loss then,
-            not PML's ``DistributedLossWrapper``.
-        inputs: (B, ...) batch, augmented once beforehand (augmentation inside the model is replayed
-            only if it draws from torch's generators).
+        model: the network; each chunk is moved to the device of its first parameter. With a
+            ``DistributedDataParallel`` module inside, the loss sees the embeddings of all ranks (the global batch).
+        inputs: (B, ...) batch, augmented once beforehand.
         labels: (B, ...) labels given to ``loss_fn`` unchanged (gathered across ranks under DDP).
-        loss_fn: ``loss_fn(embeddings, labels) -> scalar tensor``: any PML loss or wrapper
-            (e.g. ``SimilarityMixup``), or any function of the embeddings.
+        loss_fn: ``loss_fn(embeddings, labels) -> scalar tensor``: any PML loss or wrapper, or any function.
         chunk_size: inputs per forward; the last chunk may be smaller.
-        grad_scaler: a ``torch.amp.GradScaler``. ``G`` comes from ``grad_scaler.scale(loss)``, so the
-            parameter gradients are scaled as after ``grad_scaler.scale(loss).backward()``; call
-            ``grad_scaler.step(optimizer)`` and ``grad_scaler.update()`` as usual, which skip the step
-            when a gradient overflowed.
-        amp: None, ``torch.float16`` or ``torch.bfloat16``: run the forwards under ``torch.autocast``
-            with that dtype and compute the loss outside autocast on float32 embeddings.
-        stop_on_nan: if the loss is NaN or infinite, raise ``FloatingPointError`` (True) or return it
-            (False); in both cases no gradient is written, so the weights are not corrupted.
+        grad_scaler: a ``torch.amp.GradScaler``; ``G`` comes from ``grad_scaler.scale(loss)``.
+        amp: None, ``torch.float16`` or ``torch.bfloat16``: the forwards under ``torch.autocast``, the loss in
+            float32.
+        stop_on_nan: when the model's embeddings or the loss are NaN or infinite, raise ``FloatingPointError``
+            (True), or warn (``NonFiniteStepWarning``) and return a non-finite loss (False). Either way no
+            gradient is written, so the weights are not corrupted; the embeddings are checked before the loss runs.
         progress_bar: show a tqdm bar over the chunks of both passes.
 
     Returns:
-        The loss, detached (the same on every rank under DDP).
+        The loss, detached (the same on every rank under DDP); NaN when the model's embeddings were not finite.
 
     Example::
 
@@ -95,64 +78,91 @@ def cached_backward(
         >>> model[1].weight.grad.shape
         torch.Size([8, 48])
     """
-    check_chunk_size(chunk_size)
+    check_positive_int(chunk_size, "chunk_size")
+    check_bool(stop_on_nan, "stop_on_nan")
     _check_batch(inputs, labels)
-    device = _model_device(model, inputs)
-    if amp is not None:
-        check_amp_supported(device.type, amp)
-    ddp_modules = [m for m in model.modules() if isinstance(m, DistributedDataParallel)]
-    group = ddp_modules[0].process_group if ddp_modules else None
-    if group is not None:
-        _check_same_length_on_every_rank(len(inputs), group, device)
-    input_chunks = inputs.split(chunk_size)
-    include_cuda_rng = cuda_rng_in_use(device)
-
-    def forward(chunk: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext():
-            return model(chunk.to(device, non_blocking=True))
-
-    bar = tqdm.tqdm(total=2 * len(input_chunks), desc="cached_backward", disable=not progress_bar, leave=False)
-    with bar:
-        rng_snapshots, outputs = [], []
-        with torch.no_grad():
-            for chunk in input_chunks:
-                rng_snapshots.append(RngSnapshot.capture(include_cuda_rng))
-                outputs.append(_checked_embeddings(forward(chunk), len(chunk)))
-                bar.update()
-        norm_statistics = _running_statistics(model)
-
-        embeddings = torch.cat(outputs)
-        del outputs
-        if amp is not None and embeddings.dtype in AMP_DTYPES:
-            embeddings = embeddings.float()
-        first = 0
-        if group is not None:
-            embeddings, labels, first = _gather_global_batch(embeddings, labels, group)
+    step = _CachedStep(model, inputs, chunk_size, amp, progress_bar)
+    with step.bar:
+        embeddings, labels, first = step.embed_without_grad(labels)
+        if not bool(torch.isfinite(embeddings).all()):
+            nan = torch.tensor(float("nan"), device=embeddings.device)
+            return _nonfinite(stop_on_nan, "the model returned NaN or infinite embeddings", nan)
         embeddings = embeddings.detach().requires_grad_()
         # The loss runs outside autocast: similarity differences divided by small temperatures need float32.
-        with torch.autocast(device.type, enabled=False) if amp is not None else nullcontext():
+        with torch.autocast(step.device.type, enabled=False) if amp is not None else nullcontext():
             loss = loss_fn(embeddings, labels)
-        _check_loss(loss, stop_on_nan)
+        _check_loss(loss)
         if not torch.isfinite(loss):
-            return loss.detach()
+            return _nonfinite(stop_on_nan, f"the loss is {loss.item()}", loss.detach())
         (grad_scaler.scale(loss) if grad_scaler is not None else loss).backward()
-        if embeddings.grad is None:  # the loss does not depend on the embeddings: no gradient to pass on
-            return loss.detach()
-
-        embedding_grad = embeddings.grad[first : first + len(inputs)]
-        if group is not None:
-            # DDP averages gradients over ranks; the full-batch gradient is their sum.
-            embedding_grad = embedding_grad * dist.get_world_size(group)
-        for index, (chunk, chunk_grad, rng) in enumerate(
-            zip(input_chunks, embedding_grad.split(chunk_size), rng_snapshots)
-        ):
-            is_last = index == len(input_chunks) - 1
-            with _no_sync(ddp_modules, enabled=not is_last), rng.replayed():
-                chunk_embeddings = forward(chunk)
-                chunk_embeddings.backward(chunk_grad.to(chunk_embeddings.dtype))
-            bar.update()
-        _restore(norm_statistics)
+        if embeddings.grad is not None:  # else the loss does not depend on the embeddings: no gradient to pass on
+            step.backpropagate(embeddings.grad[first : first + len(inputs)])
     return loss.detach()
+
+
+class NonFiniteStepWarning(RuntimeWarning):
+    """``cached_backward(..., stop_on_nan=False)`` skipped a step whose embeddings or loss were not finite."""
+
+
+def _nonfinite(stop_on_nan: bool, what: str, value: torch.Tensor) -> torch.Tensor:
+    if stop_on_nan:
+        raise FloatingPointError(f"{what}; no gradient was written (pass stop_on_nan=False to skip such a step)")
+    warnings.warn(f"{what}; no gradient was written, skip this step", NonFiniteStepWarning, stacklevel=3)
+    return value
+
+
+class _CachedStep:
+    """The two passes of one cached step over the chunks of ``inputs``, with their RNG snapshots and DDP state."""
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, chunk_size: int, amp, progress_bar: bool):
+        self.model, self.amp, self.chunk_size = model, amp, chunk_size
+        self.device = _model_device(model, inputs)
+        if amp is not None:
+            check_amp_supported(self.device.type, amp)
+        self.ddp_modules = [m for m in model.modules() if isinstance(m, DistributedDataParallel)]
+        self.group = self.ddp_modules[0].process_group if self.ddp_modules else None
+        if self.group is not None:
+            _check_same_length_on_every_rank(len(inputs), self.group, self.device)
+        self.chunks = inputs.split(chunk_size)
+        self.include_cuda_rng = cuda_rng_in_use(self.device)
+        self.bar = tqdm.tqdm(total=2 * len(self.chunks), desc="cached_backward", disable=not progress_bar, leave=False)
+
+    def forward(self, chunk: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else nullcontext():
+            return self.model(chunk.to(self.device, non_blocking=True))
+
+    def embed_without_grad(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Pass 1: the (global, under DDP) embeddings in float32 under amp, their labels, and where ours start."""
+        self.rng_snapshots, outputs = [], []
+        with torch.no_grad():
+            for chunk in self.chunks:
+                self.rng_snapshots.append(RngSnapshot.capture(self.include_cuda_rng))
+                outputs.append(_checked_embeddings(self.forward(chunk), len(chunk)))
+                self.bar.update()
+        self.norm_statistics = _running_statistics(self.model)
+        embeddings = torch.cat(outputs)
+        del outputs
+        if self.amp is not None and embeddings.dtype in AMP_DTYPES:
+            embeddings = embeddings.float()
+        if self.group is None:
+            return embeddings, labels, 0
+        # Gathered before any check, so that every rank takes the same branch (a lone rank returning would hang).
+        return _gather_global_batch(embeddings, labels, self.group)
+
+    def backpropagate(self, embedding_grad: torch.Tensor) -> None:
+        """Pass 2: replay each chunk with grad and back-propagate its rows of ∂L/∂E."""
+        if self.group is not None:
+            # DDP averages gradients over ranks; the full-batch gradient is their sum.
+            embedding_grad = embedding_grad * dist.get_world_size(self.group)
+        for index, (chunk, chunk_grad, rng) in enumerate(
+            zip(self.chunks, embedding_grad.split(self.chunk_size), self.rng_snapshots)
+        ):
+            is_last = index == len(self.chunks) - 1
+            with _no_sync(self.ddp_modules, enabled=not is_last), rng.replayed():
+                chunk_embeddings = self.forward(chunk)
+                chunk_embeddings.backward(chunk_grad.to(chunk_embeddings.dtype))
+            self.bar.update()
+        _restore(self.norm_statistics)
 
 
 def check_amp_supported(device_type: str, amp: torch.dtype) -> None:
@@ -161,8 +171,12 @@ def check_amp_supported(device_type: str, amp: torch.dtype) -> None:
     torch silently disables autocast (with a warning) for a dtype a device cannot do; a large-batch run
     would then train in float32 without anyone noticing.
     """
+    if not isinstance(amp, torch.dtype):
+        raise TypeError(
+            f"amp must be None or a torch dtype, torch.float16 or torch.bfloat16 (e.g. amp=torch.bfloat16); got {amp!r}"
+        )
     if amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be None, torch.float16 or torch.bfloat16; got {amp!r}")
+        raise ValueError(f"amp must be None, torch.float16 or torch.bfloat16 (e.g. amp=torch.bfloat16); got {amp!r}")
     if not torch.amp.is_autocast_available(device_type):
         raise ValueError(f"amp={amp} was requested but torch.autocast is not available on '{device_type}'")
     try:
@@ -174,14 +188,6 @@ def check_amp_supported(device_type: str, amp: torch.dtype) -> None:
         raise ValueError(f"amp={amp} is not supported on '{device_type}': {error}") from error
     if not works:
         raise ValueError(f"amp={amp} is not supported by torch.autocast on '{device_type}'; use amp=None")
-
-
-def check_chunk_size(chunk_size: int) -> None:
-    """Raise ``TypeError`` unless `chunk_size` is an int, ``ValueError`` unless it is positive."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, Integral):
-        raise TypeError(f"chunk_size must be a positive int; got {chunk_size!r}")
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive int; got {chunk_size}")
 
 
 def _check_batch(inputs: torch.Tensor, labels: torch.Tensor) -> None:
@@ -214,17 +220,11 @@ def _checked_embeddings(output: object, chunk_length: int) -> torch.Tensor:
     return output
 
 
-def _check_loss(loss: object, stop_on_nan: bool) -> None:
+def _check_loss(loss: object) -> None:
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
         raise ValueError(f"loss_fn must return a scalar tensor; got {shape}")
-    if not torch.isfinite(loss):
-        if stop_on_nan:
-            raise FloatingPointError(
-                f"the loss is {loss.item()}; no gradient was written. Pass stop_on_nan=False to get the "
-                "loss back and skip the step instead."
-            )
-    elif not loss.requires_grad:
+    if torch.isfinite(loss) and not loss.requires_grad:
         raise ValueError("loss_fn returned a tensor that does not require grad; it must depend on the embeddings")
 
 

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from pytorch_metric_learning.trainers import MetricLossOnly
 from pytorch_metric_learning.utils import common_functions as c_f
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .gradient_cache import cached_backward, check_amp_supported, check_chunk_size
+from .._checks import check_bool, check_positive_int
+from .gradient_cache import NonFiniteStepWarning, cached_backward, check_amp_supported
 
-BATCHNORM_POLICIES = ("freeze", "no_double_update")
+BATCHNORM_POLICIES = ("freeze", "chunk_statistics")
+# The name of release 0.1, accepted with a DeprecationWarning.
+DEPRECATED_BATCHNORM_POLICIES = {"no_double_update": "chunk_statistics"}
 
 
 class MemoryEfficientTrainer(MetricLossOnly):
     """``MetricLossOnly`` whose step back-propagates the batch through ``cached_backward``.
 
     The batch of ``batch_size`` inputs is embedded in chunks of ``chunk_size``, so the peak activation
-    memory is that of one chunk while the gradient is exactly that of the whole batch (SPEC §4). Each
+    memory is that of one chunk while the gradient is exactly that of the whole batch (docs/method.md §4). Each
     step: embed all chunks without grad → mine (``tuple_miner``) on the detached embeddings → weighted
     sum of the losses → ``G = ∂total_loss/∂E`` → re-embed each chunk with grad and back-propagate its rows
     of ``G`` → (AMP: unscale) → gradient clippers → optimizers. The rest of PML's trainer is unchanged:
@@ -35,11 +40,12 @@ class MemoryEfficientTrainer(MetricLossOnly):
             The scaler is not saved by ``HookContainer``.
         batchnorm: ``"freeze"`` (default, as in the paper): every BatchNorm of the trunk and embedder is in
             eval mode during training: running statistics fixed, affine parameters still trained; the
-            gradient is then that of the unchunked batch. ``"no_double_update"``: BatchNorm trains and
-            normalises each chunk by the chunk's own statistics, and its running statistics are updated
-            once per chunk per step (not again in the second pass).
-        stop_on_nan: a NaN or infinite total loss raises ``FloatingPointError`` naming the epoch and
-            iteration before any optimizer step (True), or skips that step with a warning (False).
+            gradient is then that of the unchunked batch. ``"chunk_statistics"`` (formerly
+            ``"no_double_update"``): BatchNorm trains and normalises each chunk by the chunk's own statistics,
+            and its running statistics are updated once per chunk per step (not again in the second pass).
+        stop_on_nan: NaN or infinite embeddings from the model, or a NaN or infinite total loss, raise
+            ``FloatingPointError`` naming the epoch and iteration before any optimizer step (True), or skip that
+            step with a warning in PML's logger (False).
         progress_bar: show a progress bar over the chunks of each step.
 
     Example::
@@ -63,14 +69,11 @@ class MemoryEfficientTrainer(MetricLossOnly):
         progress_bar: bool = False,
         **kwargs,
     ):
-        check_chunk_size(chunk_size)
-        if batchnorm not in BATCHNORM_POLICIES:
-            raise ValueError(f"batchnorm must be one of {BATCHNORM_POLICIES}; got {batchnorm!r}")
-        self.chunk_size = chunk_size
+        self.chunk_size = check_positive_int(chunk_size, "chunk_size")
         self.amp = amp
-        self.batchnorm = batchnorm
-        self.stop_on_nan = stop_on_nan
-        self.progress_bar = progress_bar
+        self.batchnorm = _check_batchnorm(batchnorm)
+        self.stop_on_nan = check_bool(stop_on_nan, "stop_on_nan")
+        self.progress_bar = check_bool(progress_bar, "progress_bar")
         super().__init__(*args, **kwargs)
         device_type = torch.device(self.data_device).type
         self.grad_scaler = None
@@ -86,30 +89,36 @@ class MemoryEfficientTrainer(MetricLossOnly):
         # Both passes of the gradient cache: fills self.losses (weighted, with total_loss) and every .grad.
         self.calculate_loss(self.get_batch())
         if not torch.isfinite(torch.as_tensor(self.losses["total_loss"])):
-            c_f.LOGGER.warning("%s; skipping this step", self._describe_nonfinite_loss())
+            c_f.LOGGER.warning(
+                "total_loss is %s at %s (NaN or inf from the model or the loss); skipping this step",
+                float(self.losses["total_loss"]),
+                self._where(),
+            )
             return
         self.clip_gradients()
         self.step_optimizers()
 
     def calculate_loss(self, curr_batch):
         data, labels = curr_batch
-        try:
-            cached_backward(
-                _EmbeddingModel(self),
-                data,
-                labels,
-                self.compute_total_loss,
-                self.chunk_size,
-                self.grad_scaler,
-                amp=self.amp,
-                stop_on_nan=self.stop_on_nan,
-                progress_bar=self.progress_bar,
-            )
-        except FloatingPointError as error:
-            raise FloatingPointError(
-                f"{self._describe_nonfinite_loss()}; no optimizer step was taken. Pass stop_on_nan=False "
-                "to skip such steps instead."
-            ) from error
+        # The trainer reports a skipped step itself, with the epoch and iteration.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NonFiniteStepWarning)
+            try:
+                loss = cached_backward(
+                    _EmbeddingModel(self),
+                    data,
+                    labels,
+                    self.compute_total_loss,
+                    self.chunk_size,
+                    self.grad_scaler,
+                    amp=self.amp,
+                    stop_on_nan=self.stop_on_nan,
+                    progress_bar=self.progress_bar,
+                )
+            except FloatingPointError as error:
+                raise FloatingPointError(f"{self._where()}: {error}; no optimizer step was taken") from error
+        if not torch.isfinite(loss):  # the embeddings were not finite: the loss was not computed
+            self.losses["total_loss"] = loss
         # The graph of the loss is spent; keep the values only (they are logged and printed).
         for name, value in self.losses.items():
             if isinstance(value, torch.Tensor):
@@ -121,9 +130,6 @@ class MemoryEfficientTrainer(MetricLossOnly):
         self.losses["metric_loss"] = self.maybe_get_metric_loss(embeddings, labels, indices_tuple)
         self.loss_tracker.update(self.loss_weights)
         return self.losses["total_loss"]
-
-    def backward(self):
-        """Nothing to do: ``calculate_loss`` already back-propagated (two passes need the loss in between)."""
 
     def clip_gradients(self):
         if self.grad_scaler is not None:
@@ -153,11 +159,8 @@ class MemoryEfficientTrainer(MetricLossOnly):
             if c_f.regex_replace("_optimizer$", "", name) not in self.freeze_these
         ]
 
-    def _describe_nonfinite_loss(self) -> str:
-        return (
-            f"total_loss is {float(self.losses['total_loss'])} at epoch {getattr(self, 'epoch', '?')}, "
-            f"iteration {getattr(self, 'iteration', '?')}"
-        )
+    def _where(self) -> str:
+        return f"epoch {getattr(self, 'epoch', '?')}, iteration {getattr(self, 'iteration', '?')}"
 
 
 class _EmbeddingModel(nn.Module):
@@ -171,6 +174,20 @@ class _EmbeddingModel(nn.Module):
 
     def forward(self, data: torch.Tensor) -> torch.Tensor:
         return self.compute_embeddings(data)
+
+
+def _check_batchnorm(policy) -> str:
+    if not isinstance(policy, str):
+        raise TypeError(f"batchnorm must be one of {BATCHNORM_POLICIES}; got {policy!r}")
+    if policy in DEPRECATED_BATCHNORM_POLICIES:
+        new = DEPRECATED_BATCHNORM_POLICIES[policy]
+        warnings.warn(
+            f"batchnorm={policy!r} is deprecated; use batchnorm={new!r} (same behaviour)", DeprecationWarning, 3
+        )
+        return new
+    if policy not in BATCHNORM_POLICIES:
+        raise ValueError(f"batchnorm must be one of {BATCHNORM_POLICIES}; got {policy!r}")
+    return policy
 
 
 def _set_batchnorm_to_eval(module: nn.Module) -> None:

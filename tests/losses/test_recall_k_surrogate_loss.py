@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -415,3 +416,56 @@ def test_pml_logging_hooks_record_the_hyper_parameters(tmp_path):
     record_keeper.save_records()
     table = (tmp_path / "logs" / "metric_loss_RecallKSurrogateLoss.csv").read_text()
     assert table.splitlines()[1] == "1,0.01,0.0,False"  # ~iteration~, rank_temperature, k_margin, count_query_in_rank
+
+
+@pytest.mark.parametrize("path", ["dense", "tiled"])
+def test_similarities_that_overflow_raise_instead_of_a_silent_nan(path):
+    emb, labels = random_batch(3, (3, 3, 3), seed=21)
+    loss_fn = RecallKSurrogateLoss(distance=distances.DotProductSimilarity(normalize_embeddings=False), path=path)
+    assert torch.isfinite(loss_fn(emb.float(), labels))
+    with pytest.raises(ValueError, match="similarities overflow"):
+        loss_fn(emb.float() * 1e20, labels)  # finite embeddings, infinite dot products in float32
+
+
+@pytest.mark.parametrize("path", ["dense", "tiled"])
+def test_nan_embeddings_raise_naming_the_cause(path):
+    emb, labels = random_batch(3, (3, 3, 3), seed=22)
+    emb[4, 1] = float("nan")
+    with pytest.raises(ValueError, match="embeddings contain NaN or inf.*stop_on_nan=False"):
+        RecallKSurrogateLoss(path=path)(emb, labels)
+
+
+@pytest.mark.parametrize("distance", [distances.DotProductSimilarity(power=2), distances.CosineSimilarity(power=3)])
+def test_a_similarity_raised_to_a_power_is_refused(distance):
+    """s² ranks a similarity of −0.9 above one of 0.5, and SiMix mixes similarities linearly: power must be 1."""
+    with pytest.raises(ValueError, match="power=1"):
+        RecallKSurrogateLoss(distance=distance)
+
+
+@pytest.mark.parametrize(
+    "ref_emb,ref_labels,error,match",
+    [
+        (torch.randn(5, 3, dtype=torch.float64), [0, 0, 1, 1, 2], TypeError, "ref_labels must be a 1-D torch tensor"),
+        (torch.randn(5, 3, dtype=torch.float64), np.array([0, 0, 1, 1, 2]), TypeError, "torch.as_tensor\\(ref_labels"),
+        (torch.randn(5, 3, dtype=torch.float64), torch.tensor([0, 0, 1]), ValueError, "ref_labels has 3 entries"),
+        (torch.randn(5, 4, dtype=torch.float64), torch.tensor([0, 0, 1, 1, 2]), ValueError, "embedding size 4"),
+        (torch.randn(5, 3), torch.tensor([0, 0, 1, 1, 2]), TypeError, "ref_emb is torch.float32"),
+        ([[0.0, 1.0, 0.0]], torch.tensor([0]), TypeError, "ref_emb must be a 2-D torch tensor"),
+    ],
+    ids=["labels_list", "labels_numpy", "labels_length", "embedding_size", "dtype", "ref_emb_list"],
+)
+def test_bad_reference_sets_name_the_argument(ref_emb, ref_labels, error, match):
+    emb, labels = random_batch(2, (2, 2), dim=3, seed=23)
+    with pytest.raises(error, match=match):
+        RecallKSurrogateLoss()(emb, labels, ref_emb=ref_emb, ref_labels=ref_labels)
+
+
+@pytest.mark.parametrize("labels", [[0, 0, 1, 1], np.array([0, 0, 1, 1])], ids=["list", "numpy"])
+def test_labels_that_are_not_tensors_name_the_argument(labels):
+    with pytest.raises(TypeError, match="labels must be a 1-D torch tensor"):
+        RecallKSurrogateLoss()(torch.randn(4, 3), labels)
+
+
+def test_ref_labels_without_ref_emb():
+    with pytest.raises(ValueError, match="ref_labels was given without ref_emb"):
+        RecallKSurrogateLoss()(torch.randn(4, 3), torch.tensor([0, 0, 1, 1]), ref_labels=torch.tensor([0, 1]))

@@ -307,10 +307,10 @@ def test_rejects_a_model_that_is_not_a_module(image_batch):
         cached_backward(lambda x: x.flatten(1), inputs, labels, losses.MultiSimilarityLoss(), 4)
 
 
-@pytest.mark.parametrize("amp", [torch.float32, torch.int8, "bf16"])
-def test_rejects_an_amp_that_is_not_a_half_precision_dtype(amp, make_cnn, image_batch):
+@pytest.mark.parametrize("amp,error", [(torch.float32, ValueError), (torch.int8, ValueError), ("bf16", TypeError)])
+def test_rejects_an_amp_that_is_not_a_half_precision_dtype(amp, error, make_cnn, image_batch):
     inputs, labels = image_batch()
-    with pytest.raises(ValueError, match="amp"):
+    with pytest.raises(error, match="amp=torch.bfloat16"):
         cached_backward(make_cnn(), inputs, labels, losses.MultiSimilarityLoss(), 4, amp=amp)
 
 
@@ -364,3 +364,58 @@ def test_plain_loop_example_of_the_docs_runs():
     namespace = {}
     exec(code, namespace)
     assert torch.isfinite(namespace["loss"]) and not namespace["loss"].requires_grad
+
+
+# ---- RS@k with non-finite embeddings, and the whole training split as one batch -----------------------------------
+
+
+def _poison(model: nn.Module) -> nn.Module:
+    """A NaN weight in the last layer: every embedding is NaN, as after a diverged step."""
+    with torch.no_grad():
+        model.head[1].weight[0, 0] = float("nan")
+    return model
+
+
+def test_rsk_with_nan_embeddings_stops_with_a_clear_error(make_cnn, image_batch):
+    from pml_recallk import RecallKSurrogateLoss
+
+    model = _poison(make_cnn(dropout=0.0))
+    inputs, labels = image_batch()
+    with pytest.raises(FloatingPointError, match="NaN or infinite embeddings; no gradient was written"):
+        cached_backward(model, inputs, labels, RecallKSurrogateLoss(), 4)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_rsk_with_nan_embeddings_is_skipped_with_a_warning_when_not_stopping(make_cnn, image_batch):
+    from pml_recallk import RecallKSurrogateLoss
+    from pml_recallk.trainers.gradient_cache import NonFiniteStepWarning
+
+    model = _poison(make_cnn(dropout=0.0))
+    inputs, labels = image_batch()
+    with pytest.warns(NonFiniteStepWarning, match="NaN or infinite embeddings"):
+        loss = cached_backward(model, inputs, labels, RecallKSurrogateLoss(), 4, stop_on_nan=False)
+    assert torch.isnan(loss)
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("path", ["dense", "tiled"])
+def test_whole_training_split_as_one_batch_equals_the_plain_full_batch_gradient(path, make_cnn, device):
+    """The recipe of docs/cached_backward.md: every image of a (small) training split in one cached step, RS@k on the
+    tiled path; the gradient is that of one plain forward and backward of the whole split."""
+    from pml_recallk import RecallKSurrogateLoss
+
+    generator = torch.Generator().manual_seed(3)
+    split = torch.randn(96, 3, 8, 8, generator=generator, dtype=torch.float64).to(device)
+    labels = torch.arange(24, device=device).repeat_interleave(4)[torch.randperm(96, generator=generator)]
+    model = make_cnn(dropout=0.0)
+    reference_model = copy.deepcopy(model)
+    loss_fn = RecallKSurrogateLoss(rank_temperature=0.05, path=path, tile_size=10)
+
+    loss = cached_backward(model, split, labels, loss_fn, chunk_size=16)
+    reference = RecallKSurrogateLoss(rank_temperature=0.05, path="dense")(reference_model(split), labels)
+    reference.backward()
+    torch.testing.assert_close(loss, reference.detach(), rtol=1e-12, atol=0)
+    for grad, reference_grad in zip(
+        (p.grad for p in model.parameters()), (p.grad for p in reference_model.parameters()), strict=True
+    ):
+        torch.testing.assert_close(grad, reference_grad, rtol=1e-9, atol=1e-12)

@@ -201,7 +201,7 @@ def test_batchnorm_no_double_update_updates_once_per_chunk(models, device, ref):
         dataset=dataset,
         sampler=torch.utils.data.SequentialSampler(dataset),  # one batch: the whole dataset, in order
         chunk_size=5,
-        batchnorm="no_double_update",
+        batchnorm="chunk_statistics",
     )
     trainer.train(num_epochs=1)
     with torch.no_grad():
@@ -288,3 +288,85 @@ def test_rejects_a_trunk_whose_output_is_not_2d(device):
     trainer = make_trainer(MemoryEfficientTrainer, {"trunk": nn.Conv2d(3, 4, 3).to(device, torch.float64)}, device)
     with pytest.raises(ValueError, match="2-D tensor"):
         trainer.train(num_epochs=1)
+
+
+# ---- NaN from the model with RS@k, the BatchNorm policy's old name, the whole split as one batch ------------------
+
+
+def _rsk_trainer(models, device, **kwargs):
+    from pml_recallk import RecallKSurrogateLoss
+
+    with torch.no_grad():
+        models["embedder"].weight[0, 0] = float("nan")  # every embedding is NaN
+    return make_trainer(
+        MemoryEfficientTrainer, models, device, loss_funcs={"metric_loss": RecallKSurrogateLoss()}, **kwargs
+    )
+
+
+def _same(before, after):
+    return all(torch.equal(p.nan_to_num(), q.nan_to_num()) for p, q in zip(before, after, strict=True))
+
+
+def test_rsk_with_nan_embeddings_stops_naming_the_step(models, device):
+    trainer = _rsk_trainer(models, device)
+    before = parameters(models)
+    with pytest.raises(FloatingPointError, match="epoch 1, iteration 0: the model returned NaN.*no optimizer step"):
+        trainer.train(num_epochs=1)
+    assert _same(before, parameters(models))
+
+
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before")
+def test_rsk_with_nan_embeddings_skips_every_step_and_says_so(models, device, caplog):
+    trainer = _rsk_trainer(models, device, stop_on_nan=False)
+    before = parameters(models)
+    with caplog.at_level(logging.WARNING, logger=c_f.LOGGER.name):
+        trainer.train(num_epochs=1)
+    assert _same(before, parameters(models))  # momentum SGD would have moved the weights on a zero gradient
+    assert caplog.text.count("total_loss is nan") == caplog.text.count("skipping this step") == 3
+
+
+def test_old_batchnorm_policy_name_is_deprecated(models, device):
+    with pytest.warns(DeprecationWarning, match="chunk_statistics"):
+        trainer = make_trainer(MemoryEfficientTrainer, models, device, batchnorm="no_double_update")
+    assert trainer.batchnorm == "chunk_statistics"
+
+
+def test_a_batch_of_the_whole_training_split_steps_like_the_plain_full_batch_gradient(models, device):
+    """One iteration whose batch is the whole (48-image) dataset, RS@k on the tiled path, against one plain SGD step
+    on the gradient of a single forward of every image."""
+    from pml_recallk import RecallKSurrogateLoss
+
+    dataset = RandomImages()
+    reference = copy.deepcopy(models)
+    loss_fn = RecallKSurrogateLoss(rank_temperature=0.05, path="tiled", tile_size=7)
+    trainer = make_trainer(
+        MemoryEfficientTrainer,
+        models,
+        device,
+        dataset=dataset,
+        batch_size=len(dataset),
+        sampler=torch.utils.data.SequentialSampler(dataset),
+        loss_funcs={"metric_loss": loss_fn},
+        mining_funcs={},
+        loss_weights=None,
+        lr_schedulers=None,
+        gradient_clippers=None,
+        chunk_size=10,
+        iterations_per_epoch=1,
+    )
+    trainer.train(num_epochs=1)
+
+    images = dataset.images.to(device, torch.float64)
+    labels = torch.as_tensor(dataset.labels, device=device)
+    for model in reference.values():
+        model.train()
+        model.apply(lambda m: m.eval() if isinstance(m, nn.modules.batchnorm._BatchNorm) else None)
+    RecallKSurrogateLoss(rank_temperature=0.05, path="dense")(
+        reference["embedder"](reference["trunk"](images)), labels
+    ).backward()
+    with torch.no_grad():
+        for model in reference.values():
+            for p in model.parameters():
+                p -= 0.5 * p.grad  # SGD(lr=0.5, momentum=0.9): the first step has no momentum yet
+    for got, expected in zip(parameters(models), parameters(reference), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
