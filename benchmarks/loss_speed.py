@@ -13,7 +13,7 @@ Times are the median of a few repetitions after the memory-measuring first call.
 
 Methods (all d = 512, 4 samples per class, L2-normalised embeddings, default temperatures):
     ours          RecallKSurrogateLoss (chunked, recomputing backward)
-    released_loop a per-query Python loop following the released code's algorithm (written from SPEC.md, query
+    released_loop a per-query Python loop following the released code's algorithm (written from docs/method.md, query
                   counted in its own rank as there); one backward at the end
     naive         a vectorised version that builds the whole B×P×B difference tensor under autograd
     floor         one B×B matmul plus one pass of B×P×B sigmoids forward and backward (a lower bound)
@@ -59,7 +59,7 @@ def peak_rss_mb() -> float:
 
 
 def released_loop_loss(emb: torch.Tensor, m: int, k_values=(1, 2, 4, 8, 16), tau=0.01) -> torch.Tensor:
-    """The released code's algorithm, one query at a time, classes in contiguous blocks of m (SPEC §2, rsk notes)."""
+    """The released code's algorithm, one query at a time, classes in contiguous blocks of m (docs/method.md §2)."""
     batch = len(emb)
     total = emb.new_zeros(())
     for q in range(batch):

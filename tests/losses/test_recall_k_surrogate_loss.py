@@ -8,7 +8,7 @@ from pytorch_metric_learning import distances, losses, miners, reducers, regular
 from rsk_reference import reference_loss
 
 from pml_recallk import RecallKSurrogateLoss
-from pml_recallk import functional as rf
+from pml_recallk import functional as rsk_functional
 
 
 def random_batch(num_classes, sizes, dim=6, seed=0, shuffle=True):
@@ -86,7 +86,7 @@ def test_dot_product_similarity_is_accepted():
 
 
 def test_spec_anchor_numbers_for_well_separated_classes():
-    """SPEC §2 checked numbers: 50 well-separated classes × 4 give loss ≈ 0.29 (query counted) and ≈ 0.11."""
+    """docs/method.md §2 checked numbers: 50 well-separated classes × 4 give loss ≈ 0.29 (query counted) and ≈ 0.11."""
     g = torch.Generator().manual_seed(0)
     centres = F.normalize(torch.randn(50, 64, generator=g), dim=1)
     emb = centres.repeat_interleave(4, 0) + 0.05 * torch.randn(200, 64, generator=g)
@@ -117,7 +117,7 @@ def distinct_similarity_batches(draw):
 
 
 def plain_exact_recall(sim, labels, k_values, k_margin):
-    """Exact limit of SPEC §2 by brute force: integer ranks among the query's database, ½ at the boundary."""
+    """Exact limit of docs/method.md §2 by brute force: integer ranks among the query's database, ½ at the boundary."""
     n = len(labels)
     out = {}
     for q in range(n):
@@ -141,19 +141,19 @@ def test_zero_temperature_limit_is_exact_recall(batch, k_margin):
     sim, labels = batch
     k_values = (1, 2, 4, 8)
     self_index = torch.arange(len(labels))
-    pos_idx, pos_valid = rf.build_positive_index(labels, labels, self_index)
-    ranks = rf.soft_ranks(sim, pos_idx, pos_valid, self_index, rank_temperature=1e-5)
-    soft = rf.surrogate_recall_at_k(ranks, pos_valid, k_values, k_temperature=1e-5, k_margin=k_margin)
+    pos_idx, pos_valid = rsk_functional.build_positive_index(labels, labels, self_index)
+    ranks = rsk_functional.soft_ranks(sim, pos_idx, pos_valid, self_index, rank_temperature=1e-5)
+    soft = rsk_functional.surrogate_recall_at_k(ranks, pos_valid, k_values, k_temperature=1e-5, k_margin=k_margin)
     expected = plain_exact_recall(sim, labels, k_values, k_margin)
     for q, values in expected.items():
         assert soft[q].tolist() == pytest.approx(values, abs=1e-6)
     # The functional's own exact counterparts agree with the brute force.
-    exact = rf.exact_ranks(sim, pos_idx, pos_valid, self_index)
-    zero_t = rf.zero_temperature_recall_at_k(exact, pos_valid, k_values, k_margin)
+    exact = rsk_functional.exact_ranks(sim, pos_idx, pos_valid, self_index)
+    zero_t = rsk_functional.zero_temperature_recall_at_k(exact, pos_valid, k_values, k_margin)
     for q, values in expected.items():
         assert zero_t[q].tolist() == pytest.approx(values, abs=1e-12)
     if k_margin == 0.5:  # exactly the normalised recall@k
-        normalised = rf.normalised_recall_at_k(exact, pos_valid, k_values)
+        normalised = rsk_functional.normalised_recall_at_k(exact, pos_valid, k_values)
         for q, values in expected.items():
             assert normalised[q].tolist() == pytest.approx(values, abs=1e-12)
 

@@ -21,7 +21,7 @@ def batch(sizes, dim=5, seed=0):
 
 
 def materialised_reference(embeddings, labels, alpha, mode, rank_temperature, k_values=(1, 2, 4, 8, 16)):
-    """SPEC §3 written plainly: build every virtual embedding, then apply SPEC §2 with explicit databases."""
+    """docs/method.md §3 written plainly: build every virtual embedding, then apply §2 with explicit databases."""
     emb = [[x / math.sqrt(sum(y * y for y in row)) for x in row] for row in embeddings.double().tolist()]
     labels = [int(x) for x in labels]
     items, item_labels, parents = list(emb), list(labels), [()] * len(emb)

@@ -1,4 +1,4 @@
-"""A plain, slow, float64 implementation of SPEC §2, written independently of ``pml_recallk.functional``.
+"""A plain, slow, float64 implementation of docs/method.md §2, written independently of ``pml_recallk.functional``.
 
 Loops over queries and positives with Python floats; the database of each query is listed explicitly.
 """
