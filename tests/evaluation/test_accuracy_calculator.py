@@ -12,6 +12,7 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from recall_reference import hit_bounds, per_class, recall_bounds, squared_euclidean
 
 from pml_recallk import RecallAtKAccuracyCalculator
+from pml_recallk.datasets import DATASET_CLASSES, recall_k_values
 from pml_recallk.evaluation import ChunkedKNN, accuracy_calculator
 
 K_VALUES = (1, 2, 3, 5, 10, 32)
@@ -325,22 +326,16 @@ def test_k_values_are_sorted():
     assert {"recall_at_1", "recall_at_5", "recall_at_16"} <= set(calc.get_curr_metrics())
 
 
-# docs/method.md §5: CUB, Cars (1, 2, 4, 8); SOP (1, 10, 100, 1000); iNaturalist (1, 4, 16, 32); VehicleID (1, 5).
-PAPER_K_VALUES = {
-    "cub": (1, 2, 4, 8),
-    "cars196": (1, 2, 4, 8),
-    "sop": (1, 10, 100, 1000),
-    "inaturalist": (1, 4, 16, 32),
-    "vehicleid": (1, 5),
-}
+# The paper's values of recall_k_values are tested in tests/datasets/test_benchmark_datasets.py.
+BENCHMARKS = sorted(name for name in DATASET_CLASSES if name != "glyphs")
 
 
-@pytest.mark.parametrize("name", sorted(PAPER_K_VALUES))
+@pytest.mark.parametrize("name", BENCHMARKS)
 def test_deprecated_for_dataset_still_gives_the_paper_protocol(name):
     with pytest.deprecated_call(match="recall_k_values"):
         calc = RecallAtKAccuracyCalculator.for_dataset(name)
-    assert calc.k_values == PAPER_K_VALUES[name]
-    assert set(calc.get_curr_metrics()) == {f"recall_at_{k}" for k in PAPER_K_VALUES[name]} | {
+    assert calc.k_values == recall_k_values(name)
+    assert set(calc.get_curr_metrics()) == {f"recall_at_{k}" for k in recall_k_values(name)} | {
         "mean_average_precision_at_r"
     }
     with pytest.deprecated_call():
@@ -354,7 +349,7 @@ def test_deprecated_dataset_k_values_table():
 
     for module in (evaluation, accuracy_calculator):
         with pytest.deprecated_call(match="recall_k_values"):
-            assert module.DATASET_K_VALUES == PAPER_K_VALUES
+            assert module.DATASET_K_VALUES == {name: recall_k_values(name) for name in BENCHMARKS}
     with pytest.raises(AttributeError):
         evaluation.NO_SUCH_NAME  # noqa: B018
 
@@ -464,23 +459,38 @@ def _assert_label_form_result(result, distances, query_ids, reference_ids, ref_i
         assert result[name] == pytest.approx(pml[name], abs=1e-6)
 
 
-@pytest.mark.parametrize("as_tensor", [False, True])
-@pytest.mark.parametrize("query_gallery", [False, True])
-def test_n_by_1_labels_are_one_label_per_item(as_tensor, query_gallery):
-    # PML fails on (N, 1) labels in leave-one-out (a broadcast in get_lone_query_labels); they are flattened.
-    embeddings, labels = gaussian_data(seed=20)
-    column = labels[:, None] if not as_tensor else torch.from_numpy(labels)[:, None]
+def _check_label_form(given_labels, seed, query_gallery):
+    """``given_labels`` (another form of gaussian_data's integer labels) give the references' values."""
+    embeddings, labels = gaussian_data(seed=seed)
     calc = RecallAtKAccuracyCalculator((1, 5), include=LABEL_FORM_METRICS, k="max_bin_count")
     if query_gallery:
-        q, r = slice(0, 120), slice(120, None)
-        result = calc.get_accuracy(embeddings[q], column[q], embeddings[r], column[r], False)
+        # Query and reference are given separately: a label must mean the same class in both.
+        q, r = slice(0, 110), slice(110, None)
+        result = calc.get_accuracy(embeddings[q], given_labels[q], embeddings[r], given_labels[r], False)
         pml = _pml_reference(embeddings[q], labels[q], embeddings[r], labels[r], False)
         distances = squared_euclidean(embeddings[q], embeddings[r])
         _assert_label_form_result(result, distances, labels[q], labels[r], False, pml)
     else:
-        result = calc.get_accuracy(embeddings, column)
+        result = calc.get_accuracy(embeddings, given_labels)
         distances = squared_euclidean(embeddings, embeddings)
         _assert_label_form_result(result, distances, labels, labels, True, _pml_reference(embeddings, labels))
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+@pytest.mark.parametrize("query_gallery", [False, True])
+def test_n_by_1_labels_are_one_label_per_item(as_tensor, query_gallery):
+    # PML fails on (N, 1) labels in leave-one-out (a broadcast in get_lone_query_labels); they are flattened.
+    labels = gaussian_data(seed=20)[1]
+    column = torch.from_numpy(labels)[:, None] if as_tensor else labels[:, None]
+    _check_label_form(column, seed=20, query_gallery=query_gallery)
+
+
+@pytest.mark.parametrize("dtype", ["U", "S", "O"])
+@pytest.mark.parametrize("query_gallery", [False, True])
+def test_string_labels_are_class_names(dtype, query_gallery):
+    names = np.array([f"class-{c:03d}" for c in gaussian_data(seed=22)[1]])
+    names = names.astype("S") if dtype == "S" else names.astype(object) if dtype == "O" else names
+    _check_label_form(names, seed=22, query_gallery=query_gallery)
 
 
 def test_rows_of_labels_match_when_every_component_matches():
@@ -495,26 +505,6 @@ def test_rows_of_labels_match_when_every_component_matches():
     for k in (1, 5):
         bounds = recall_bounds(distances, row_ids, row_ids, k, True, tolerance=FLOAT_TOLERANCE)
         assert_within(result[f"recall_at_{k}"], bounds, tight=True)
-
-
-@pytest.mark.parametrize("dtype", ["U", "S", "O"])
-@pytest.mark.parametrize("query_gallery", [False, True])
-def test_string_labels_are_class_names(dtype, query_gallery):
-    embeddings, labels = gaussian_data(seed=22)
-    names = np.array([f"class-{c:03d}" for c in labels])
-    names = names.astype("S") if dtype == "S" else names.astype(object) if dtype == "O" else names
-    calc = RecallAtKAccuracyCalculator((1, 5), include=LABEL_FORM_METRICS, k="max_bin_count")
-    if query_gallery:
-        # Query and reference name their classes independently: the ids must be shared.
-        q, r = slice(0, 100), slice(100, None)
-        result = calc.get_accuracy(embeddings[q], names[q], embeddings[r], names[r], False)
-        pml = _pml_reference(embeddings[q], labels[q], embeddings[r], labels[r], False)
-        distances = squared_euclidean(embeddings[q], embeddings[r])
-        _assert_label_form_result(result, distances, names[q], names[r], False, pml)
-    else:
-        result = calc.get_accuracy(embeddings, names)
-        distances = squared_euclidean(embeddings, embeddings)
-        _assert_label_form_result(result, distances, names, names, True, _pml_reference(embeddings, labels))
 
 
 def test_string_labels_per_class_follow_the_sorted_names():
