@@ -176,17 +176,27 @@ def worker(method: str, batch: int, device: str, repeats: int, threads: int | No
         base = torch.cuda.memory_allocated() / 2**20
     else:
         base = current_rss_mb()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.thread_time()
     value = step()
-    times = [time.perf_counter() - start]
+    times, cpu_times = [time.perf_counter() - start], [time.thread_time() - cpu_start]
     extra = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mb()) - base
     for _ in range(repeats - 1):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         step()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.thread_time() - cpu_start)
     # On CUDA the first call includes kernel warm-up: report the median of the later calls when there are some.
     timed = times[1:] if len(times) > 1 else times
-    return {"method": method, "batch": batch, "seconds": statistics.median(timed), "extra_mb": extra, "loss": value}
+    cpu_timed = cpu_times[1:] if len(cpu_times) > 1 else cpu_times
+    return {
+        "method": method,
+        "batch": batch,
+        "seconds": statistics.median(timed),
+        # CPU time of the calling thread: with one torch thread, all the work, unaffected by other jobs' load.
+        "cpu_seconds": statistics.median(cpu_timed),
+        "extra_mb": extra,
+        "loss": value,
+    }
 
 
 def run(method: str, batch: int, device: str, repeats: int, timeout: float, threads: int | None) -> dict:
@@ -344,14 +354,17 @@ def write_paths_report(rows, args, command) -> None:
         f"({args.threads or torch.get_num_threads()} torch threads per run), torch {torch.__version__}, "
         f"device `{args.device}`. d = 512, 4 samples per class (P = 3), default temperatures and chunk sizes. "
         "Extra memory = peak resident (CPU) or allocated (CUDA) memory during the call minus memory before it "
-        "(the B×512 embeddings already allocated). Time: median of the repetitions (one above B = 20,000).",
+        "(the B×512 embeddings already allocated). Time: median of the repetitions (one above B = 20,000); on CPU "
+        "with one torch thread the CPU time of that thread (`time.thread_time`: the machine is shared, wall time "
+        "varies with the other jobs' load; the JSON has both), else wall time.",
         "",
         "| B | dense s | tiled s | fused s | floor s | tiled / dense | fused / floor | tiled / floor "
         "| dense MB | tiled MB | fused MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    key = "cpu_seconds" if args.device == "cpu" and args.threads == 1 else "seconds"
     for batch in args.sizes:
-        d, t, f, fl = (get(m, batch) for m in PATH_METHODS)
+        d, t, f, fl = ({**r, "seconds": r.get(key)} for r in (get(m, batch) for m in PATH_METHODS))
         lines.append(
             f"| {batch} | {fmt(d['seconds'], '.3f')} | {fmt(t['seconds'], '.3f')} | {fmt(f['seconds'], '.3f')} "
             f"| {fmt(fl['seconds'], '.3f')} | {fmt(ratio(t['seconds'], d['seconds']), '.2f')}× "
