@@ -23,7 +23,9 @@ from .._checks import check_fraction, check_int
 
 
 def check_split(dataset_name: str, split: str, valid_splits: Sequence[str]) -> None:
-    """Raise ValueError unless ``split`` is one of ``valid_splits``."""
+    """Raise TypeError unless ``split`` is a string, ValueError unless it is one of ``valid_splits``."""
+    if not isinstance(split, str):
+        raise TypeError(f"{dataset_name}: split must be a string, one of {list(valid_splits)}, got {split!r}")
     if split not in valid_splits:
         raise ValueError(f"{dataset_name}: split must be one of {list(valid_splits)}, got {split!r}")
 
@@ -118,9 +120,12 @@ class ImageListDataset(Dataset):
         transform: Callable[[Any], Any] | None,
         listing: Path,
     ) -> None:
+        name = type(self).__name__
+        if transform is not None and not callable(transform):
+            raise TypeError(f"{name}: transform must be callable or None, got {type(transform).__name__}")
         if len(image_paths) == 0:
-            raise ValueError(f"{type(self).__name__}: {listing} lists no images")
-        check_images_exist(image_paths, listing, type(self).__name__)
+            raise ValueError(f"{name}: {listing} lists no images")
+        check_images_exist(image_paths, listing, name)
         self.root = root
         self.image_paths = list(image_paths)
         self.class_ids = np.asarray(class_ids, dtype=np.int64)

@@ -413,6 +413,16 @@ def test_unknown_split_lists_the_valid_ones(tmp_path, name):
         assert repr(split) in str(error.value)
 
 
+@pytest.mark.parametrize("name", list(LOADERS))
+def test_wrong_argument_types(tmp_path, name):
+    loader, make_tree = LOADERS[name]
+    tree = make_tree(tmp_path)
+    with pytest.raises(TypeError, match="split must be a string"):
+        loader(tree.root, 0)
+    with pytest.raises(TypeError, match="transform must be callable"):
+        loader(tree.root, "train", transform="resize")
+
+
 BAD_LINES = [
     ("cub", "train", "12 1 extra"),  # three fields in image_class_labels.txt
     ("cub", "test", "twelve 1"),
