@@ -6,20 +6,19 @@ import warnings
 
 import torch
 from pytorch_metric_learning import losses as pml_losses
+from pytorch_metric_learning.distances import DotProductSimilarity
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from .._checks import check_bool, check_embeddings, check_labels, check_positive_int
 from .recall_k_surrogate_loss import RecallKSurrogateLoss, float_embeddings, loss_precision
-from .similarity_mixup import SimilarityMixup, mix_columns, same_class_pairs, virtual_items_of_parents
+from .similarity_mixup import DATABASE_ONLY, SimilarityMixup, mix_embeddings, same_class_pairs, virtual_items_of_parents
 
 UNKNOWN_SAMPLE_ID = -1
-# SiMix modes in which virtual items only extend the database: the only kind a memory of real queries can take.
-DATABASE_MODES = ("database_only", "database")
 
 
 class CrossBatchMemory(pml_losses.CrossBatchMemory):
     r"""PML's ``CrossBatchMemory`` whose loss may also be ``RecallKSurrogateLoss`` or
-    ``SimilarityMixup(RecallKSurrogateLoss(), mode="database")``.
+    ``SimilarityMixup(RecallKSurrogateLoss(), mode="database_only")``.
 
     For the Recall@k losses the queries are the current batch and the database is the memory: a queue of the
     last ``memory_size`` embeddings, detached, the current batch included (it is enqueued before the loss, as
@@ -37,7 +36,7 @@ class CrossBatchMemory(pml_losses.CrossBatchMemory):
     goes through PML's ``forward`` unchanged.
 
     Args:
-        loss: ``RecallKSurrogateLoss``, ``SimilarityMixup`` over it with ``mode="database"``, or any loss PML's
+        loss: ``RecallKSurrogateLoss``, ``SimilarityMixup`` over it with ``mode="database_only"``, or any loss PML's
             ``CrossBatchMemory`` supports.
         embedding_size: the embeddings' width d.
         memory_size: the queue's length; at least the number of items enqueued per call.
@@ -81,10 +80,10 @@ class CrossBatchMemory(pml_losses.CrossBatchMemory):
         super().__init__(loss=loss, embedding_size=embedding_size, memory_size=memory_size, miner=miner, **kwargs)
         self.detach_batch = detach
         self.add_to_recordable_attributes(list_of_names=["detach_batch"], is_stat=False)
-        if isinstance(loss, SimilarityMixup) and loss.mode not in DATABASE_MODES:
+        if isinstance(loss, SimilarityMixup) and loss.mode != DATABASE_ONLY:
             raise ValueError(
                 "CrossBatchMemory takes SimilarityMixup only in its database mode (virtual items extend the memory's "
-                f"database; mode='database_only', called 'database' in release 0.1); got mode={loss.mode!r}"
+                f"database: mode='database_only'); got mode={loss.mode!r}"
             )
 
     @staticmethod
@@ -206,19 +205,26 @@ class CrossBatchMemory(pml_losses.CrossBatchMemory):
         weights = self._query_weights(queries, query_labels, memory, memory_labels, indices_tuple, queries_enqueued)
         with loss_precision(queries):
             enqueued, enqueued_labels = enqueued_items
-            database = memory
+            query_emb, database = float_embeddings(queries), memory
             if not self.detach_batch and len(enqueued) > 0:
                 # The batch's own columns are its live embeddings: in-batch pairs get gradient on both sides.
                 database = memory.index_put((self.curr_batch_idx,), float_embeddings(enqueued).to(memory.dtype))
-            sim = rsk.distance(float_embeddings(queries), database)
-            database_labels = memory_labels
-            if isinstance(self.loss, SimilarityMixup) and self.loss.training:
-                sim, database_labels, excluded = self._mix_database(
-                    sim, memory_labels, enqueued_labels, excluded, queries_enqueued
+            if not isinstance(rsk.distance, DotProductSimilarity):  # another similarity: no SiMix, dense only
+                sim = rsk.distance(query_emb, database)
+                loss_dict = rsk.loss_from_similarities(sim, query_labels, memory_labels, self_index, excluded, weights)
+            else:
+                seen_query, seen_database = (
+                    rsk.distance.maybe_normalize(query_emb),
+                    rsk.distance.maybe_normalize(database),
                 )
-            loss_dict = rsk.loss_from_similarities(
-                sim, query_labels, database_labels, self_index=self_index, excluded_index=excluded, weights=weights
-            )
+                database_labels = memory_labels
+                if isinstance(self.loss, SimilarityMixup) and self.loss.training:
+                    seen_database, database_labels, excluded = self._mix_database(
+                        seen_database, memory_labels, enqueued_labels, excluded, len(queries), queries_enqueued
+                    )
+                loss_dict = rsk.loss_from_normalized_embeddings(
+                    seen_query, query_labels, seen_database, database_labels, self_index, excluded, weights
+                )
         rsk.add_embedding_regularization_to_loss_dict(loss_dict, queries)
         return rsk.reducer(loss_dict, queries, query_labels)
 
@@ -242,9 +248,10 @@ class CrossBatchMemory(pml_losses.CrossBatchMemory):
         weights[anchors] = counts.to(weights.dtype) / counts.max()
         return weights
 
-    def _mix_database(self, sim, memory_labels, enqueued_labels, excluded, queries_enqueued):
-        """Append SiMix's virtual columns s(q, v) = α·s(q, i) + (1−α)·s(q, j) for same-class pairs (i, j) of the
-        enqueued batch (docs/method.md §3); a query's own virtual items join its excluded columns."""
+    def _mix_database(self, seen_database, memory_labels, enqueued_labels, excluded, num_queries, queries_enqueued):
+        """Append SiMix's virtual items v = α·ê_i + (1−α)·ê_j for same-class pairs (i, j) of the enqueued batch
+        (docs/method.md §3), so s(q, v) = α·s(q, i) + (1−α)·s(q, j); a query's own virtual items join its excluded
+        columns."""
         simix = self.loss
         first, second = same_class_pairs(enqueued_labels, simix.max_pairs_per_class)
         simix.num_virtual = len(first)
@@ -256,16 +263,16 @@ class CrossBatchMemory(pml_losses.CrossBatchMemory):
                     stacklevel=3,
                 )
                 simix._warned_no_pairs = True
-            return sim, memory_labels, excluded
+            return seen_database, memory_labels, excluded
         low, high = simix.alpha_range
-        alpha = torch.rand(len(first), device=sim.device, dtype=torch.float64) * (high - low) + low
+        alpha = torch.rand(len(first), device=seen_database.device, dtype=torch.float64) * (high - low) + low
         columns = self.curr_batch_idx
-        virtual = mix_columns(sim, columns[first], columns[second], alpha.to(sim.dtype))
+        virtual = mix_embeddings(seen_database, columns[first], columns[second], alpha.to(seen_database.dtype))
         database_labels = torch.cat([memory_labels, enqueued_labels[first]])
         if queries_enqueued:
-            parents = virtual_items_of_parents(first, second, len(sim), offset=sim.shape[1])
+            parents = virtual_items_of_parents(first, second, num_queries, offset=len(seen_database))
             excluded = parents if excluded is None else torch.cat([excluded, parents], dim=1)
-        return torch.cat([sim, virtual], dim=1), database_labels, excluded
+        return torch.cat([seen_database, virtual]), database_labels, excluded
 
 
 def stale_copies(

@@ -132,6 +132,30 @@ def test_values_and_gradients_match_reference_before_and_after_wrap_around(
     assert memory.has_been_filled and memory.queue_idx == 30 % memory_size
 
 
+@pytest.mark.parametrize("use_simix", [False, True], ids=["rsk", "simix"])
+def test_tiled_path_matches_reference(use_simix, device):
+    """The loss's tiled path (similarities recomputed tile by tile) gets the same memory, exclusions and mixing."""
+    loss = RecallKSurrogateLoss(k_values=K_VALUES, rank_temperature=TAU, path="tiled", tile_size=2)
+    loss = SimilarityMixup(loss, mode="database_only", alpha_range=(0.3, 0.3)) if use_simix else loss
+    memory = CrossBatchMemory(loss=loss, embedding_size=3, memory_size=10)
+    queue = ReferenceQueue(10)
+    for step in range(4):
+        emb, labels, ids = make_batch(
+            6, 3, num_classes=2, num_ids=8, seed=50 + step, dtype=torch.float64, device=device
+        )
+        got = memory(emb, labels, sample_ids=None if use_simix else ids)
+        (got_grad,) = torch.autograd.grad(got, emb)
+        queue.enqueue(emb, labels, ids, step)
+        queries = emb.detach().double().requires_grad_()
+        if use_simix:
+            pairs = [(i, j) for i, j in itertools.combinations(range(6), 2) if labels[i] == labels[j]]
+            expected = simix_reference(queue, queries, labels, step, [0.3] * len(pairs), pairs)
+        else:
+            expected, _ = queue.loss(queries, labels, ids, step, True, True, live=queries)
+        torch.testing.assert_close(got, expected.detach())
+        torch.testing.assert_close(got_grad, torch.autograd.grad(expected, queries)[0])
+
+
 @settings(max_examples=20, deadline=None)
 @given(
     batch_sizes=st.lists(st.integers(1, 7), min_size=1, max_size=4),
@@ -229,7 +253,7 @@ def simix_reference(queue, queries, labels, step, alpha, pairs):
 @pytest.mark.parametrize("alpha_range", [(0.3, 0.3), (0.0, 1.0)], ids=["alpha0.3", "alpha_random"])
 def test_simix_database_mode_extends_the_memory_with_virtual_items(alpha_range, dtype, device):
     memory = CrossBatchMemory(
-        loss=SimilarityMixup(rsk(), mode="database", alpha_range=alpha_range), embedding_size=3, memory_size=14
+        loss=SimilarityMixup(rsk(), mode="database_only", alpha_range=alpha_range), embedding_size=3, memory_size=14
     )
     queue = ReferenceQueue(14)
     for step in range(3):
@@ -254,7 +278,7 @@ def test_simix_database_mode_extends_the_memory_with_virtual_items(alpha_range, 
 
 def test_simix_in_eval_mode_is_the_plain_memory_loss(device):
     emb, labels, _ = make_batch(8, 3, num_classes=2, num_ids=8, seed=2, dtype=torch.float64, device=device)
-    mixed = CrossBatchMemory(loss=SimilarityMixup(rsk(), mode="database"), embedding_size=3, memory_size=8).eval()
+    mixed = CrossBatchMemory(loss=SimilarityMixup(rsk(), mode="database_only"), embedding_size=3, memory_size=8).eval()
     plain = CrossBatchMemory(loss=rsk(), embedding_size=3, memory_size=8)
     torch.testing.assert_close(mixed(emb, labels), plain(emb, labels))
 
