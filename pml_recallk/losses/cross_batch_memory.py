@@ -99,6 +99,20 @@ class CrossBatchMemory(pml_losses.CrossBatchMemory):
         super().reset_queue()
         self.register_buffer("sample_id_memory", torch.full((self.memory_size,), UNKNOWN_SAMPLE_ID, dtype=torch.long))
 
+    def get_extra_state(self) -> dict:
+        """The queue's position, saved with the buffers, so a resumed run continues the queue where it stopped."""
+        return {"queue_idx": int(self.queue_idx), "has_been_filled": bool(self.has_been_filled)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.queue_idx, self.has_been_filled = int(state["queue_idx"]), bool(state["has_been_filled"])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A state dict of PML's class (or of release 0.1) has neither the sample ids nor the queue's position:
+        # unknown ids, and PML's own behaviour on loading (an empty queue).
+        state_dict.setdefault(prefix + "sample_id_memory", torch.full_like(self.sample_id_memory, UNKNOWN_SAMPLE_ID))
+        state_dict.setdefault(prefix + "_extra_state", {"queue_idx": 0, "has_been_filled": False})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def recall_loss(self) -> RecallKSurrogateLoss | None:
         """The wrapped ``RecallKSurrogateLoss`` (inside SiMix too), or None for PML's losses."""

@@ -419,6 +419,24 @@ def test_state_dict_round_trip_keeps_the_queue_and_its_ids(device):
     restored.load_state_dict(memory.state_dict())
     assert restored.sample_id_memory[:6].tolist() == ids.tolist()
     assert restored.sample_id_memory[6:].tolist() == [-1, -1]
+    assert (restored.queue_idx, restored.has_been_filled) == (6, False)
+    more, more_labels, more_ids = make_batch(
+        6, 3, num_classes=2, num_ids=6, seed=10, dtype=torch.float32, device=device
+    )
+    torch.testing.assert_close(
+        restored(more, more_labels, sample_ids=more_ids), memory(more, more_labels, sample_ids=more_ids)
+    )
+    assert (restored.queue_idx, restored.has_been_filled) == (4, True)
+
+
+def test_loads_the_state_dict_of_pml_cross_batch_memory():
+    """PML's class saves no sample ids and no queue position: ids unknown, queue position 0 (as PML resumes)."""
+    theirs = pml_losses.CrossBatchMemory(pml_losses.ContrastiveLoss(), 3, memory_size=8)
+    theirs(torch.randn(4, 3), torch.tensor([0, 0, 1, 1]))
+    ours = CrossBatchMemory(pml_losses.ContrastiveLoss(), 3, memory_size=8)
+    ours.load_state_dict(theirs.state_dict())
+    torch.testing.assert_close(ours.embedding_memory, theirs.embedding_memory)
+    assert ours.sample_id_memory.tolist() == [-1] * 8 and ours.queue_idx == 0
 
 
 @pytest.mark.parametrize(
