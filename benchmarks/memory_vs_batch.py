@@ -78,6 +78,7 @@ def load_data(args) -> tuple[IndexedImages, IndexedImages, str]:
         from pml_recallk.datasets import HanGlyphs
 
         kwargs = {"font_dir": args.font_dir} if args.font_dir else {}
+        kwargs.update({"cache_dir": args.cache_dir} if args.cache_dir else {})
         train = HanGlyphs("train", images_per_class=args.images_per_class, **kwargs)
         test = HanGlyphs("test", images_per_class=args.images_per_class, **kwargs)
         described = f"HanGlyphs (images_per_class={args.images_per_class})"
@@ -179,6 +180,7 @@ def run(args) -> None:
             path.with_suffix(".tmp").replace(path)
             r1 = result["accuracy"]["recall_at_1"]
             print(f"{name} seed {seed}: R@1 {100 * r1:.2f}, {result['seconds_per_epoch']:.1f} s/epoch", flush=True)
+            report(args, quiet=True)  # the tables always show every finished run
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -290,9 +292,10 @@ def plot(rows: list[dict], path: Path) -> None:
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
-def report(args) -> None:
+def report(args, quiet: bool = False) -> None:
     runs = [json.loads(p.read_text()) for p in sorted((args.out / "runs").glob("*/seed_*.json"))]
     if not runs:
         raise SystemExit(f"no finished runs under {args.out / 'runs'}; run `python {sys.argv[0]} run` first")
@@ -302,7 +305,8 @@ def report(args) -> None:
     (args.out / "results.json").write_text(json.dumps({"rows": rows, "relative": relative}, indent=2))
     (args.out / "results.md").write_text(markdown(rows, relative, runs))
     plot(rows, args.out / "recall_vs_time.png")
-    print((args.out / "results.md").read_text())
+    if not quiet:
+        print((args.out / "results.md").read_text())
 
 
 def parse_args(argv):
@@ -310,8 +314,9 @@ def parse_args(argv):
     parser.add_argument("command", choices=("run", "report"))
     parser.add_argument("--dataset", choices=("han", "glyphs"), default="han")
     parser.add_argument("--font-dir", default="", help="HanGlyphs font_dir / Glyphs font folder ('' = default)")
+    parser.add_argument("--cache-dir", default="", help="HanGlyphs cache_dir ('' = default)")
     parser.add_argument("--images-per-class", type=int, default=8, help="HanGlyphs images_per_class")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--large-batch", type=int, default=4096)
