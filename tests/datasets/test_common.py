@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -126,3 +129,16 @@ def test_dataloader_batches_carry_the_remapped_labels():
         loader = torch.utils.data.DataLoader(part, batch_size=3, collate_fn=list)
         fetched = [label for batch in loader for _, label in batch]
         assert fetched == part.labels.tolist()
+
+
+def test_the_benchmark_loaders_import_neither_pil_nor_matplotlib():
+    # Pillow and matplotlib are optional (the cli extra): they load when an image is read or a glyph rendered.
+    code = (
+        "import sys\n"
+        "import pml_recallk.datasets as d\n"
+        "d.CUB200, d.Cars196, d.StanfordOnlineProducts, d.INaturalist2018, d.VehicleID, d.class_disjoint_split\n"
+        "d.recall_k_values('sop')\n"
+        "print(sorted(m for m in ('PIL', 'matplotlib') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
