@@ -304,7 +304,7 @@ def consensus_score(chars: list[np.ndarray], images: list[np.ndarray], group: np
     return scores
 
 
-def near_duplicate_pairs(images: np.ndarray, threshold: float = DUPLICATE_L1) -> np.ndarray:
+def near_duplicate_pairs(images: np.ndarray, threshold: float | None = None) -> np.ndarray:
     """(i, j) pairs, i < j, of renders with normalised L1 ``Σ|a − b| / (Σa + Σb) < threshold``.
 
     Exact, with a cheap bound first: for pixels in [0, 1], ``|a − b| ≥ (a − b)²``, so a pair whose squared L2
@@ -316,6 +316,7 @@ def near_duplicate_pairs(images: np.ndarray, threshold: float = DUPLICATE_L1) ->
         >>> near_duplicate_pairs(a, 0.2).tolist()  # 1 of 9 ink pixels differs: L1 = 1 / 9 < 0.2
         [[0, 1], [0, 2], [1, 2]]
     """
+    threshold = DUPLICATE_L1 if threshold is None else threshold
     x = images.reshape(len(images), -1).astype(np.float32) / 255.0
     ink = x.sum(axis=1)
     sq = (x * x).sum(axis=1)
