@@ -289,8 +289,6 @@ def _check_reference(embeddings: torch.Tensor, ref_emb, ref_labels) -> None:
         )
     if ref_emb.device != embeddings.device:
         raise ValueError(f"ref_emb is on {ref_emb.device} but embeddings on {embeddings.device}; move one")
-    if ref_labels.device != ref_emb.device:
-        raise ValueError(f"ref_labels is on {ref_labels.device} but ref_emb on {ref_emb.device}; move one")
 
 
 def _check_k_temperature(value, k_values: list[int]) -> float | list[float]:
