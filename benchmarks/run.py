@@ -1,6 +1,6 @@
 """The loss benchmark: ``python benchmarks/run.py --sweep benchmarks/configs/sweep_glyphs_debian.toml``.
 
-The same as ``pml-recallk benchmark ...``; see ``benchmarks/README.md`` and ``pml_recallk/benchmark.py``.
+The same as ``pml-recallk benchmark ...``; see ``docs/benchmark.md`` and ``pml_recallk/benchmark/``.
 """
 
 import sys

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import DATASETS, ConfigError, dumps_toml, resolve_config
+from . import benchmark, experiments  # lazy packages: torch's trainer stack loads when a command needs it
+from ._io import write_json_atomic
+from .experiments.config import DATASETS, ConfigError, dumps_toml, resolve_config
+from .experiments.registry import folder_dataset
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -125,7 +127,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def _check_data_root(config: Mapping[str, Any]) -> None:
     root = config["data"]["root"]
-    if config["data"]["dataset"] != "glyphs" and not Path(root).is_dir():
+    if folder_dataset(config["data"]["dataset"]) and not Path(root).is_dir():
         raise ConfigError(f"data root {root!r} of {config['data']['dataset']} is not a folder")
 
 
@@ -151,8 +153,6 @@ def _metric_table(columns: Mapping[str, Mapping[str, float]]) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .experiment import load_checkpoint, run_experiment
-
     overrides = _overrides(args)
     output_dir = Path(args.output_dir) if args.output_dir else None
     base = None
@@ -162,11 +162,11 @@ def _train(args: argparse.Namespace) -> int:
         last = output_dir / "checkpoints" / "last.pt"
         if last.exists():
             # The saved config is the base: the same command line plus --resume, or --resume alone, both work.
-            base = load_checkpoint(last)["config"]
+            base = experiments.load_checkpoint(last)["config"]
     config = resolve_config(args.dataset, args.config, overrides, base=base)
     _check_data_root(config)
     output_dir = output_dir or _default_output_dir(config["data"]["dataset"])
-    results = run_experiment(config, output_dir, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
+    results = experiments.run_experiment(config, output_dir, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
 
     test_splits = results["test_splits"]
     print(f"Recall@k on {config['data']['dataset']} (best epoch {results['best_epoch']} of {results['epochs_run']}, "
@@ -182,18 +182,20 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .experiment import evaluate_checkpoint, load_checkpoint
-
-    saved = load_checkpoint(args.checkpoint)["config"]
+    output = Path(args.output) if args.output else None
+    if output is not None and not output.parent.is_dir():  # checked before the (long) evaluation; no folder made
+        raise ConfigError(f"--output {str(output)!r}: folder {str(output.parent)!r} does not exist")
+    if output is not None and output.is_dir():
+        raise ConfigError(f"--output {str(output)!r} is a folder; name a file such as results.json")
+    saved = experiments.load_checkpoint(args.checkpoint)["config"]
     config = resolve_config(args.dataset, args.config, _overrides(args), base=saved)
     _check_data_root(config)
-    results = evaluate_checkpoint(args.checkpoint, config, splits=args.split)
+    results = experiments.evaluate_checkpoint(args.checkpoint, config, splits=args.split)
     for split, metrics in results.items():
         print(f"{split}:")
         print(_metric_table({"Recall@k": metrics}))
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    if output is not None:
+        write_json_atomic(results, output)
     return 0
 
 
@@ -203,12 +205,6 @@ def _show_config(args: argparse.Namespace) -> int:
 
 
 def _benchmark(argv: Sequence[str]) -> int:
-    try:
-        benchmark = importlib.import_module("pml_recallk.benchmark")
-    except ModuleNotFoundError as error:
-        if error.name != "pml_recallk.benchmark":
-            raise
-        raise ConfigError("the benchmark runner (pml_recallk.benchmark) is not part of this installation") from None
     return int(benchmark.main(list(argv)) or 0)
 
 
@@ -227,11 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pml-recallk: interrupted (a training run continues with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except SystemExit as exit_:  # argparse (--help: 0, a usage error: 2, already printed) or the runner's sys.exit
-        if exit_.code is None or isinstance(exit_.code, int):
-            return exit_.code or 0
-        print(exit_.code, file=sys.stderr)  # sys.exit("message") prints it and exits with 1
-        return 1
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already printed
+        return int(exit_.code or 0)
 
 
 if __name__ == "__main__":

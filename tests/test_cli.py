@@ -14,15 +14,16 @@ import signal
 import subprocess
 import sys
 import time
-import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from pml_recallk import cli
 from pml_recallk.cli import main
-from pml_recallk.config import default_config
+from pml_recallk.experiments.config import default_config
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,6 +31,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 TINY = [
     "data.image_size=16",
     "data.max_classes=10",
@@ -105,6 +107,10 @@ def one_error_line(capsys, argv: list[str]) -> str:
         (["evaluate"], "the following arguments are required: --checkpoint"),
         (["evaluate", "--checkpoint", "/no/such.pt"], "checkpoint '/no/such.pt' does not exist"),
         (["config", "--set", "loss.k_values=[0]"], "loss.k_values must be a non-empty list"),
+        (["train", "--set", "data.max_classes=1"], "data.max_classes must be 0 (every class) or at least 2"),
+        (["evaluate", "--checkpoint", str(README)], "cannot read checkpoint"),
+        (["train", "--output-dir", str(README)], "is a file; choose a folder for --output-dir"),
+        (["train", "--output-dir", str(README / "run")], "cannot be made"),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2(capsys, argv, message):
@@ -120,16 +126,16 @@ def test_bad_config_file_key_names_the_file(capsys, tmp_path):
 
 def test_benchmark_forwards_its_arguments_to_the_runner(capsys, monkeypatch):
     received = []
-    runner = types.ModuleType("pml_recallk.benchmark")
-    runner.main = lambda argv: received.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "pml_recallk.benchmark", runner)
+    monkeypatch.setattr(cli.benchmark, "main", lambda argv: received.append(argv) or 0)
     assert main(["benchmark", "--losses", "rsk", "--help"]) == 0
     assert received == [["--losses", "rsk", "--help"]]
 
 
-def test_benchmark_without_the_runner_is_a_clear_error(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "pml_recallk.benchmark", None)  # import fails as if the module were absent
-    assert "benchmark runner" in one_error_line(capsys, ["benchmark"])
+@pytest.mark.parametrize("content", [b"", b"a text file\n" * 50], ids=["empty", "text"])
+def test_evaluate_on_a_file_that_is_no_checkpoint_is_one_line(capsys, tmp_path, content):
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)
+    assert "checkpoint" in one_error_line(capsys, ["evaluate", "--checkpoint", str(path)])
 
 
 def test_help_exits_0(capsys):
@@ -164,6 +170,24 @@ def test_train_prints_untrained_and_trained_recall(uninterrupted):
         untrained, trained = map(float, line.split()[1:])
         assert untrained == pytest.approx(results["untrained"][f"recall_at_{k}"], abs=5e-5)
         assert trained == pytest.approx(results["trained"][f"recall_at_{k}"], abs=5e-5)
+
+
+def test_evaluate_mistakes_are_one_line_and_make_no_folder(uninterrupted, tmp_path, capsys):
+    output, _ = uninterrupted
+    checkpoint = str(output / "checkpoints" / "best.pt")
+    line = one_error_line(capsys, ["evaluate", "--checkpoint", checkpoint, "--split", "bogus"])
+    assert line.endswith("glyphs has no split 'bogus'; its splits are train, val, test")
+    missing = tmp_path / "nonexistent_dir" / "x.json"
+    line = one_error_line(capsys, ["evaluate", "--checkpoint", checkpoint, "--output", str(missing)])
+    assert "does not exist" in line and not missing.parent.exists()
+
+
+def test_resume_with_fewer_epochs_is_refused_and_keeps_the_config(uninterrupted, tiny_args, capsys):
+    output, _ = uninterrupted
+    saved = (output / "config.toml").read_text()
+    line = one_error_line(capsys, ["train", "--output-dir", str(output), "--resume", "--epochs", "2"])
+    assert "has already trained 3 epochs" in line
+    assert (output / "config.toml").read_text() == saved
 
 
 def test_evaluate_reports_the_saved_model(uninterrupted, tmp_path, capsys):
@@ -256,6 +280,17 @@ def make_vehicle_id_tree(root, rng):
                     Image.fromarray(pixels).save(root / "image" / f"{name}.jpg")
                 lines.append(f"{name} {vehicle}")
         (root / "train_test_split" / listing).write_text("\n".join(lines) + "\n")
+
+
+def test_a_missing_image_is_one_line_before_any_folder_is_made(tmp_path, capsys):
+    make_vehicle_id_tree(tmp_path / "VehicleID", np.random.default_rng(0))
+    (tmp_path / "VehicleID" / "image" / "0003_1.jpg").unlink()
+    argv = ["train", "--dataset", "vehicleid", "--data-root", str(tmp_path / "VehicleID")]
+    assert main([*argv, "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # progress lines ("loading ..."), then the error
+    assert err[-1].startswith("pml-recallk: error: VehicleID: image ") and "0003_1.jpg" in err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert not (tmp_path / "run").exists()
 
 
 def test_vehicleid_recipe_reports_each_test_list(tmp_path, capsys):

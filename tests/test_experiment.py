@@ -1,4 +1,4 @@
-"""run_experiment / evaluate_checkpoint on tiny glyph runs (pml_recallk/experiment.py).
+"""run_experiment / evaluate_checkpoint on tiny glyph runs (pml_recallk/experiments/train.py).
 
 One tiny run (16-px glyphs, 10 classes, 3 epochs of 2 steps) is shared by the module; its numbers are checked
 against a brute-force Recall@k written here, its best epoch against the validation records, and its files
@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from pytorch_metric_learning.trainers import base_trainer
 
-from pml_recallk.config import ConfigError, resolve_config
-from pml_recallk.experiment import (
-    CHECKPOINT_FORMAT,
-    build_datasets,
-    evaluate_checkpoint,
-    load_checkpoint,
-    run_experiment,
-    save_atomic,
-)
+from pml_recallk.experiments import builders, resolve_config
+from pml_recallk.experiments.builders import build_datasets
+from pml_recallk.experiments.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
+from pml_recallk.experiments.config import ConfigError
+from pml_recallk.experiments.plots import recall_axis_limits
+from pml_recallk.experiments.train import _epoch_counter, evaluate_checkpoint, run_experiment
 
 TINY = [
     "data.image_size=16",
@@ -90,6 +91,19 @@ def test_results_json_has_the_promised_shape(tiny_run):
     assert on_disk["test_splits"] == ["test"]
     assert on_disk["epochs_run"] == 3 and 1 <= on_disk["best_epoch"] <= 3
     assert on_disk["seconds"] > 0 and on_disk["config"]["train"]["epochs"] == 3
+    assert 0 < on_disk["train_seconds"] < on_disk["seconds"]
+
+
+def test_results_hold_the_validation_and_loss_curves(tiny_run):
+    output, results = tiny_run
+    records = _validation_records(output)
+    assert [row["epoch"] for row in results["val_curve"]] == [0, 1, 2, 3]
+    assert [row["recall_at_1"] for row in results["val_curve"][1:]] == pytest.approx([records[e] for e in (1, 2, 3)])
+    # One loss per iteration: 3 epochs × 2 steps, as PML's record-keeper logged them.
+    assert [iteration for iteration, _ in results["loss_curve"]] == list(range(6))
+    with open(output / "logs" / "loss_histories.csv") as f:
+        logged = [float(row["total_loss"]) for row in csv.DictReader(f)]
+    assert [loss for _, loss in results["loss_curve"]] == pytest.approx(logged)
 
 
 def test_outputs_logs_plots_and_checkpoints_exist(tiny_run):
@@ -102,7 +116,7 @@ def test_outputs_logs_plots_and_checkpoints_exist(tiny_run):
     assert (output / "config.toml").is_file()
     last = load_checkpoint(output / "checkpoints" / "last.pt")
     assert last["epoch"] == 3 and last["format"] == CHECKPOINT_FORMAT
-    assert {"model", "optimizer", "lr_scheduler", "loss", "rng", "history", "config"} <= set(last)
+    assert {"model", "optimizers", "lr_scheduler", "loss", "rng", "history", "config"} <= set(last)
     assert not list((output / "checkpoints").glob(".*.tmp"))
 
 
@@ -173,8 +187,8 @@ def test_train_and_val_are_class_disjoint_parts_of_the_train_split(tiny_config):
     assert len(np.unique(parts["test"].labels)) == 10
 
 
-def test_unknown_split_is_a_clear_error(tiny_config):
-    with pytest.raises(ConfigError, match="glyphs has no split 'validation'; its splits are train, test"):
+def test_unknown_split_is_a_clear_error_listing_val(tiny_config):
+    with pytest.raises(ConfigError, match="glyphs has no split 'validation'; its splits are train, val, test$"):
         build_datasets(tiny_config, ["validation"])
 
 
@@ -191,29 +205,105 @@ def test_a_missing_benchmark_root_is_a_clear_error(tmp_path):
         build_datasets(config)
 
 
-def test_save_atomic_never_leaves_a_truncated_file(tmp_path, monkeypatch):
-    path = tmp_path / "state.pt"
-    save_atomic({"a": torch.arange(3)}, path)
-
-    def crash(obj, f):
-        f.write(b"partial")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
-        save_atomic({"a": torch.arange(5)}, path)
-    monkeypatch.undo()
-    assert torch.equal(torch.load(path)["a"], torch.arange(3))
-    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
-
-
 @pytest.mark.parametrize("content", [b"not a checkpoint", None])
 def test_load_checkpoint_rejects_foreign_or_missing_files(tmp_path, content):
     path = tmp_path / "x.pt"
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises(ConfigError, match="cannot read checkpoint|does not exist"):
+    with pytest.raises(ConfigError, match="cannot read checkpoint|does not exist") as error:
         load_checkpoint(path)
+    assert "\n" not in str(error.value)
     torch.save({"model": {}}, path)
     with pytest.raises(ConfigError, match="is not a pml-recallk checkpoint"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content", ["README", b"", "text"], ids=["readme", "empty", "text"])
+def test_load_checkpoint_refuses_other_files_in_one_line(tmp_path, content):
+    path = tmp_path / "x.pt"
+    if content == "README":
+        path.write_text((Path(__file__).resolve().parents[1] / "README.md").read_text())
+    elif content == "text":
+        path.write_text("e\n" * 100)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match="is empty|cannot read checkpoint") as error:
+        load_checkpoint(path)
+    assert "\n" not in str(error.value) and "weights_only" not in str(error.value)
+
+
+def test_resuming_with_fewer_epochs_than_run_is_refused_before_anything_is_written(tiny_run, tiny_config):
+    output, _ = tiny_run
+    before = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
+    shorter = resolve_config(overrides=["train.epochs=2"], base=tiny_config)
+    with pytest.raises(ConfigError, match="has already trained 3 epochs; resume with --epochs 3 or more"):
+        run_experiment(shorter, output, resume=True, log=quiet)
+    assert {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()} == before
+
+
+def test_an_output_folder_that_is_a_file_is_refused(tiny_config, tmp_path):
+    (tmp_path / "file").write_text("x")
+    for output in (tmp_path / "file", tmp_path / "file" / "run"):
+        with pytest.raises(ConfigError, match="is a file"):
+            run_experiment(tiny_config, output, log=quiet)
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write anywhere")
+def test_an_output_folder_that_cannot_be_written_is_refused(tiny_config, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(ConfigError, match="cannot be written"):
+        run_experiment(tiny_config, locked / "run", log=quiet)
+    assert not (locked / "run").exists()
+
+
+def test_fine_tuning_starts_from_the_checkpoint_and_records_its_recipe(tiny_run, tiny_config, tmp_path):
+    source, source_results = tiny_run
+    for init in (source / "checkpoints" / "best.pt", tmp_path / "plain.pt"):
+        if init.name == "plain.pt":  # a plain state_dict file works too
+            torch.save(load_checkpoint(source)["model"], init)
+        config = resolve_config(overrides=["train.epochs=1", f"model.init_checkpoint={json.dumps(str(init))}"],
+                                base=tiny_config)  # fmt: skip
+        results = run_experiment(config, tmp_path / init.stem, log=quiet)
+        # Before fine-tuning, the network is the checkpoint's: its test numbers are the source run's.
+        assert results["untrained"] == pytest.approx(source_results["trained"], abs=1e-6)
+        assert results["init_checkpoint"]["path"] == str(init)
+        expected_recipe = json.loads(json.dumps(tiny_config)) if init.name == "best.pt" else None
+        assert results["init_checkpoint"]["recipe"] == expected_recipe
+
+
+def test_an_init_checkpoint_that_is_missing_or_does_not_fit_is_a_clear_error(tiny_run, tiny_config, tmp_path):
+    source, _ = tiny_run
+    cases = [(tmp_path / "nowhere.pt", [], "does not exist"), (source, ["model.width=8"], "does not fit the config")]
+    for path, extra, message in cases:
+        config = resolve_config(overrides=[*extra, f"model.init_checkpoint={json.dumps(str(path))}"], base=tiny_config)
+        with pytest.raises(ConfigError, match=message):
+            run_experiment(config, tmp_path / "run", log=quiet)
+        assert not (tmp_path / "run").exists()
+
+
+def test_pml_prints_no_missing_embedder_warning(tiny_config, caplog):
+    datasets = build_datasets(tiny_config, ["train"])
+    model = builders.build_model(tiny_config)
+    loss, miner = builders.build_loss(tiny_config, num_classes=8)
+    optimizers = builders.build_optimizers(tiny_config, model, loss)
+    parts = {"model": model, "loss": loss, "miner": miner, "optimizers": optimizers, "scheduler": None}
+    with caplog.at_level(logging.INFO, logger="PML"):
+        builders.build_trainer(tiny_config, parts, datasets["train"], torch.device("cpu"), 16, 2, print, print)
+    assert not [r for r in caplog.records if "missing" in r.getMessage()], caplog.text
+
+
+def test_the_progress_bar_counts_epochs():
+    with _epoch_counter(2, 5):
+        bar = base_trainer.tqdm.tqdm(range(3), disable=True)
+        bar.set_description("total_loss=0.5")  # as PML's trainer does after every iteration
+        assert bar.desc.startswith("epoch 2/5 total_loss=0.5")
+    assert base_trainer.tqdm.tqdm is not type(bar)  # PML's own tqdm is back
+
+
+@pytest.mark.parametrize("values", [[0.9, 0.95, 0.97], [0.2, 0.99], [1.0, 1.0]])
+def test_recall_curves_axis_is_zoomed_to_the_data(values):
+    low, high = recall_axis_limits(values)
+    assert low < min(values) and high > max(values) - 1e-9 and high <= 1.02
+    # Zoomed: the data fill most of the axis (not a fixed 0-1 range squashing them).
+    assert (max(values) - min(values)) >= 0.5 * (high - low) or high - low <= 0.1

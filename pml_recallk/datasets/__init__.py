@@ -29,6 +29,7 @@ _PUBLIC = {
 
 DATASET_CLASSES: dict[str, str] = {
     "glyphs": "Glyphs",
+    "han_glyphs": "HanGlyphs",
     "cub": "CUB200",
     "cars196": "Cars196",
     "sop": "StanfordOnlineProducts",

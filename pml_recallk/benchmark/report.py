@@ -1,0 +1,338 @@
+"""The report of a sweep: a table (mean ± std over seeds), per-seed results and three plots.
+
+``results.md`` (the command first, the table of test Recall@k and MAP@R, seed-by-seed differences from the first
+arm, each arm's settings), ``results.csv`` (the table), ``results_per_seed.csv`` (every run), ``recall_at_k.png``
+(Recall@k bars per arm), ``recall_at_1_vs_batch.png`` (Recall@1 against the batch size, one line per loss) and
+``recall_at_1_vs_time.png``, plus ``sweep.toml`` (the sweep, readable by ``--sweep``).
+
+Table, for arm a, metric m and the seeds S: ``mean = Σ_s m_{a,s} / |S|`` and the sample standard deviation
+``sqrt(Σ_s (m_{a,s} − mean)² / (|S| − 1))`` (0 for one seed), in %.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file backend
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ..experiments.builders import MAP_AT_R  # noqa: E402
+from ..experiments.registry import LOSSES  # noqa: E402
+from .sweep import FLOORS, PRETRAINED, UNTRAINED, Sweep, arm_overrides_text, sweep_toml  # noqa: E402
+
+__all__ = ["load_results", "summarize", "write_report"]
+
+PRIMARY_METRIC = "recall_at_1"
+
+
+def load_results(output_dir: str | Path) -> list[dict[str, Any]]:
+    """Every finished run's ``result.json`` under ``output_dir/runs``."""
+    paths = sorted(Path(output_dir).glob("runs/*/seed_*/result.json"))
+    return [json.loads(path.read_text()) for path in paths]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; 0 for a single value)."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarize(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per arm (and floor), in order of first appearance: mean and std over seeds of every test metric
+    and of the training time. Each row: ``{"arm", "loss", "seeds", "batch_size", "steps", "images_seen",
+    "<metric>": (mean, std), ..., "train_seconds": (mean, std)}``."""
+    by_arm: dict[str, list[Mapping[str, Any]]] = {}
+    for result in results:
+        by_arm.setdefault(result["spec"]["arm"], []).append(result)
+    rows = []
+    for arm, runs in by_arm.items():
+        spec = runs[0]["spec"]
+        row: dict[str, Any] = {
+            "arm": arm,
+            "loss": spec["loss"],
+            "seeds": [r["spec"]["seed"] for r in runs],
+            "batch_size": spec.get("batch_size"),
+            "steps": spec.get("steps"),
+            "images_seen": spec.get("images_seen"),
+        }
+        for metric in runs[0]["test"]:
+            row[metric] = _mean_std([r["test"][metric] for r in runs])
+        row["train_seconds"] = _mean_std([r["train_seconds"] for r in runs])
+        rows.append(row)
+    return rows
+
+
+def _metric_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    recall = sorted(
+        {k for row in rows for k in row if k.startswith("recall_at_")}, key=lambda name: int(name.rsplit("_", 1)[1])
+    )
+    return recall + ([MAP_AT_R] if any(MAP_AT_R in row for row in rows) else [])
+
+
+def _title(metric: str) -> str:
+    return "MAP@R" if metric == MAP_AT_R else f"R@{metric.rsplit('_', 1)[1]}"
+
+
+def _write_csvs(rows, results, metrics: list[str], output_dir: Path) -> None:
+    with open(output_dir / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["arm", "loss", "num_seeds", "batch_size", "steps", "images_seen"]
+            + [f"{m}_{stat}" for m in [*metrics, "train_seconds"] for stat in ("mean", "std")]
+        )
+        for row in rows:
+            values = [row[m] for m in [*metrics, "train_seconds"]]
+            writer.writerow(
+                [row["arm"], row["loss"], len(row["seeds"]), row["batch_size"], row["steps"], row["images_seen"]]
+                + [f"{x:.6f}" for pair in values for x in pair]
+            )
+    with open(output_dir / "results_per_seed.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["arm", "loss", "seed", "batch_size", "steps", "best_epoch", *metrics, "train_seconds"])
+        for r in results:
+            spec = r["spec"]
+            writer.writerow(
+                [spec["arm"], spec["loss"], spec["seed"], spec.get("batch_size"), spec.get("steps"), r["best_epoch"]]
+                + [f"{r['test'][m]:.6f}" for m in metrics]
+                + [f"{r['train_seconds']:.3f}"]
+            )
+
+
+def write_report(
+    sweep: Sweep, results: Sequence[Mapping[str, Any]], output_dir: str | Path, command: str | None = None
+) -> None:
+    """Write the files listed in the module docstring. The report starts with the command stored with the runs;
+    ``command`` is written instead when they have none, and noted as the command that rewrote the report
+    otherwise."""
+    output_dir = Path(output_dir)
+    rows = summarize(results)
+    metrics = _metric_names(rows)
+    _write_csvs(rows, results, metrics, output_dir)
+    run_commands = list(dict.fromkeys(r["command"] for r in results if r.get("command")))
+    lines = [f"# Loss benchmark: {sweep.name}", "", "Made with:", "", "```bash"]
+    lines += run_commands or [command or "(command not recorded)"]
+    lines += ["```", ""]
+    if command is not None and run_commands and command not in run_commands:
+        lines += [f"Report rewritten from the finished runs with `{command}`.", ""]
+    lines += [_machine_line(results), "", _data_line(sweep, results), ""]
+    lines += _table(rows, metrics)
+    lines += _paired_differences(results, [m for m in (PRIMARY_METRIC, MAP_AT_R) if m in metrics])
+    lines += ["", "Settings:", ""] + _settings(sweep, rows)
+    lines += [
+        "",
+        "![Recall@k per arm](recall_at_k.png)",
+        "",
+        "![Recall@1 against the batch size](recall_at_1_vs_batch.png)",
+    ]
+    lines += ["", "![Recall@1 against training time](recall_at_1_vs_time.png)"]
+    (output_dir / "results.md").write_text("\n".join(lines) + "\n")
+    (output_dir / "sweep.toml").write_text(sweep_toml(sweep))
+    _plot_bars(rows, metrics, output_dir)
+    _plot_against_batch(rows, output_dir)
+    _plot_against_time(rows, results, output_dir)
+
+
+def _table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list[str]:
+    lines = [
+        "Test split, in %: mean ± standard deviation over the seeds (sample std, ddof = 1). "
+        "Training time excludes validation.",
+        "",
+        "| arm | loss | batch | steps | " + " | ".join(_title(m) for m in metrics) + " | training time (s) | seeds |",
+        "|---|---|---:|---:|" + "---:|" * len(metrics) + "---:|---:|",
+    ]
+    for row in rows:
+        cells = [f"{100 * row[m][0]:.2f} ± {100 * row[m][1]:.2f}" if m in row else "–" for m in metrics]
+        time_mean, time_std = row["train_seconds"]
+        lines.append(
+            f"| {row['arm']} | {row['loss']} | {row['batch_size'] or '–'} | {row['steps'] or '–'} | "
+            + " | ".join(cells) + f" | {time_mean:.1f} ± {time_std:.1f} | {len(row['seeds'])} |"
+        )  # fmt: skip
+    return lines
+
+
+def _settings(sweep: Sweep, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = []
+    for row in rows:
+        name = row["arm"]
+        if name == UNTRAINED:
+            lines.append(f"- `{UNTRAINED}`: the network as initialised by each seed, not trained (a floor).")
+        elif name == PRETRAINED:
+            path = sweep.config["model"]["init_checkpoint"]
+            lines.append(f"- `{PRETRAINED}`: the network of `{path}`, not trained further (a floor).")
+        elif name in sweep.names:
+            arm = sweep.arm(name)
+            lines.append(f"- `{name}`: {LOSSES[arm.loss].settings}; {arm_overrides_text(arm)}.")
+    return lines
+
+
+def _machine_line(results: Sequence[Mapping[str, Any]]) -> str:
+    """Where and when the runs ran, how long they took and how busy the machine was."""
+    threads = sorted({r["threads"] for r in results if r.get("threads")}) or [torch.get_num_threads()]
+    devices = sorted({r["device"] for r in results if r.get("device")}) or ["?"]
+    line = (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores"
+        + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "")
+        + f", torch {torch.__version__}, {'/'.join(map(str, threads))} torch CPU thread(s), device "
+        + f"{', '.join(devices)}. Sum of the run times {sum(r['seconds'] for r in results) / 60:.1f} min"
+    )
+    finished = [(datetime.datetime.fromisoformat(r["finished"]), r["seconds"]) for r in results if r.get("finished")]
+    if finished:
+        first_start = min(end - datetime.timedelta(seconds=seconds) for end, seconds in finished)
+        last_end = max(end for end, _ in finished)
+        span = (last_end - first_start).total_seconds() / 60
+        line += f"; from the start of the first run to the end of the last {span:.1f} min "
+        line += f"({first_start:%Y-%m-%d %H:%M}–{last_end:%H:%M})"
+    loads = [x for r in results for x in r.get("load_average") or [] if x is not None]
+    if loads:
+        line += f"; 1-minute load average {min(loads):.1f}–{max(loads):.1f} during the runs (other jobs included)"
+    return line + "."
+
+
+def _data_line(sweep: Sweep, results: Sequence[Mapping[str, Any]]) -> str:
+    data, model, train = sweep.config["data"], sweep.config["model"], sweep.config["train"]
+    sizes = results[0]["spec"]["data"] if results else {}
+    source = data["dataset"]
+    if data["dataset"] == "glyphs":
+        fonts = ", ".join(data["glyphs_font_dirs"]) or "matplotlib's fonts"
+        source = f"Glyphs from {fonts}" + (", one face per family" if data["glyphs_one_face_per_family"] else "")
+    start = f"from `{model['init_checkpoint']}`" if model["init_checkpoint"] else "from random weights"
+    return (
+        "Data: "
+        + "; ".join(f"{split} {s['images']} images of {s['classes']} classes" for split, s in sizes.items())
+        + f" ({source}). Base config: {model['name']} (embedding {model['embedding_size']}) {start}, "
+        + f"{train['optimizer']} lr {train['lr']:g}, MPerClassSampler m = {data['samples_per_class']}, "
+        + f"{train['epochs']} epochs"
+        + (f", about {sweep.budget_images} images seen per run" if sweep.budget_images else "")
+        + "; the best epoch by validation Recall@1, then one test evaluation. Arms change it as listed below."
+    )
+
+
+def _paired_differences(results: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list[str]:
+    """Lines of a table of per-seed differences from the first trained arm.
+
+    A seed fixes the initial network of every arm, so differences taken seed by seed cancel part of the
+    seed-to-seed spread that the main table's standard deviations contain.
+    """
+    by_arm: dict[str, dict[int, Mapping[str, Any]]] = {}
+    for result in results:
+        by_arm.setdefault(result["spec"]["arm"], {})[result["spec"]["seed"]] = result
+    trained = [arm for arm in by_arm if arm not in FLOORS]
+    if len(trained) < 2 or not metrics:
+        return []
+    baseline = trained[0]
+    lines = [
+        "",
+        f"Differences from `{baseline}`, seed by seed (the same seed gives every arm the same initial network), in "
+        "percentage points: mean ± std over the seeds both have.",
+        "",
+        "| arm | " + " | ".join(f"Δ {_title(m)}" for m in metrics) + " | seeds |",
+        "|---|" + "---:|" * len(metrics) + "---:|",
+    ]
+    for arm in trained[1:]:
+        seeds = sorted(set(by_arm[arm]) & set(by_arm[baseline]))
+        if not seeds:
+            continue
+        cells = []
+        for metric in metrics:
+            mean, std = _mean_std([by_arm[arm][s]["test"][metric] - by_arm[baseline][s]["test"][metric] for s in seeds])
+            cells.append(f"{100 * mean:+.2f} ± {100 * std:.2f}")
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {len(seeds)} |")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------- plots
+
+
+def _floor_title(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> str:
+    return "".join(
+        f"\n{row['arm']} network: " + ", ".join(f"{_title(m)} {100 * row[m][0]:.1f}" for m in metrics if m in row)
+        for row in rows
+        if row["arm"] in FLOORS
+    )
+
+
+def _plot_bars(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], output_dir: Path) -> None:
+    # Trained arms only, on an axis that starts near their lowest bar: the differences between arms are often a
+    # point or two, invisible on a 0-100 axis. The floors are in the title.
+    recall = [m for m in metrics if m.startswith("recall_at_")]
+    trained = [row for row in rows if row["arm"] not in FLOORS] or list(rows)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 * len(trained) + 2.5), 4.2))
+    width = 0.8 / max(1, len(recall))
+    positions = np.arange(len(trained))
+    lowest = 100.0
+    for i, metric in enumerate(recall):
+        means = np.array([100 * row[metric][0] for row in trained])
+        stds = np.array([100 * row[metric][1] for row in trained])
+        lowest = min(lowest, float((means - stds).min()))
+        offsets = positions + (i - (len(recall) - 1) / 2) * width
+        ax.bar(offsets, means, width, yerr=stds, capsize=2, label=_title(metric))
+    bottom = max(0.0, np.floor(lowest - 1.0))
+    ax.set_xticks(positions, [row["arm"] for row in trained], rotation=30, ha="right")
+    ax.set(ylabel="test Recall@k (%)" + (f" (axis from {bottom:g})" if bottom > 0 else ""), ylim=(bottom, 100))
+    ax.set_title("Test Recall@k per arm (mean ± std over seeds)" + _floor_title(rows, recall), fontsize="medium")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
+    fig.tight_layout()
+    fig.savefig(output_dir / "recall_at_k.png", dpi=120)
+    plt.close(fig)
+
+
+def _plot_against_batch(rows: Sequence[Mapping[str, Any]], output_dir: Path) -> None:
+    """Recall@1 against the batch size, one line per loss (arms of one loss at several batches)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    by_loss: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if row["arm"] not in FLOORS and row["batch_size"]:
+            by_loss.setdefault(row["loss"], []).append(row)
+    for loss, loss_rows in by_loss.items():
+        loss_rows = sorted(loss_rows, key=lambda r: r["batch_size"])
+        means = [100 * r[PRIMARY_METRIC][0] for r in loss_rows]
+        stds = [100 * r[PRIMARY_METRIC][1] for r in loss_rows]
+        batches = [r["batch_size"] for r in loss_rows]
+        line = ax.errorbar(batches, means, yerr=stds, marker="o", capsize=3, label=loss)
+        for row, x, y in zip(loss_rows, batches, means):
+            ax.annotate(row["arm"], (x, y), fontsize="x-small", color=line[0].get_color(), alpha=0.8)
+    for row in rows:
+        if row["arm"] in FLOORS:
+            ax.axhline(100 * row[PRIMARY_METRIC][0], color="grey", ls=":", lw=1)
+            ax.annotate(f"{row['arm']} floor", (ax.get_xlim()[0], 100 * row[PRIMARY_METRIC][0]), fontsize="x-small")
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="batch size (images)", ylabel="test Recall@1 (%)")
+    ax.set_title("Test Recall@1 against the batch size (mean ± std over seeds)", fontsize="medium")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
+    fig.tight_layout()
+    fig.savefig(output_dir / "recall_at_1_vs_batch.png", dpi=120)
+    plt.close(fig)
+
+
+def _plot_against_time(rows, results, output_dir: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    colors = plt.get_cmap("tab10")
+    for i, row in enumerate(r for r in rows if r["arm"] not in FLOORS):
+        runs = [r for r in results if r["spec"]["arm"] == row["arm"]]
+        color = colors(i % 10)
+        ax.scatter([r["train_seconds"] for r in runs], [100 * r["test"][PRIMARY_METRIC] for r in runs],
+                   color=color, alpha=0.35, s=14)  # fmt: skip
+        (t_mean, t_std), (r_mean, r_std) = row["train_seconds"], row[PRIMARY_METRIC]
+        ax.errorbar(t_mean, 100 * r_mean, xerr=t_std, yerr=100 * r_std, fmt="o", color=color, capsize=3,
+                    label=row["arm"])  # fmt: skip
+    title = "Test Recall@1 against training time (mean ± std; dots: seeds)" + _floor_title(rows, [PRIMARY_METRIC])
+    ax.set(xlabel="training time (s, validation excluded)", ylabel="test Recall@1 (%)")
+    ax.set_title(title, fontsize="medium")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
+    fig.tight_layout()
+    fig.savefig(output_dir / "recall_at_1_vs_time.png", dpi=120)
+    plt.close(fig)

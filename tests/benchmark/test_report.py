@@ -1,0 +1,77 @@
+"""The benchmark report (pml_recallk.benchmark.report): table of mean ± sample std, per-seed CSV, plots."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+
+import pytest
+
+from pml_recallk import benchmark
+from pml_recallk.benchmark import Arm, Sweep
+
+
+def fake_result(arm: str, seed: int, r1: float, map_r: float, seconds: float, batch: int = 16, loss: str = "") -> dict:
+    return {
+        "spec": {"arm": arm, "loss": loss or arm, "seed": seed, "batch_size": batch, "steps": 8, "images_seen": 128,
+                 "data": {"train": {"images": 80, "classes": 10}}},
+        "test": {"recall_at_1": r1, "recall_at_2": min(1.0, r1 + 0.1), "mean_average_precision_at_r": map_r},
+        "best_epoch": 1,
+        "train_seconds": seconds,
+        "seconds": seconds + 1,
+    }  # fmt: skip
+
+
+def sweep_of(config, *names: str) -> Sweep:
+    return Sweep(config=config, arms=[Arm(name, name) for name in names], seeds=[0])
+
+
+def test_table_is_mean_and_sample_std_over_seeds(config, tmp_path):
+    results = [
+        fake_result("triplet", 0, 0.50, 0.20, 10.0),
+        fake_result("triplet", 1, 0.60, 0.25, 12.0),
+        fake_result("triplet", 2, 0.70, 0.30, 14.0),
+        fake_result("fastap", 0, 0.40, 0.10, 20.0),
+    ]
+    benchmark.write_report(sweep_of(config, "triplet", "fastap"), results, tmp_path, command="CMD --x 1")
+
+    with open(tmp_path / "results.csv") as f:
+        rows = {row["arm"]: row for row in csv.DictReader(f)}
+    triplet = rows["triplet"]
+    assert float(triplet["recall_at_1_mean"]) == pytest.approx(statistics.mean([0.5, 0.6, 0.7]))
+    assert float(triplet["recall_at_1_std"]) == pytest.approx(statistics.stdev([0.5, 0.6, 0.7]))
+    assert float(triplet["mean_average_precision_at_r_std"]) == pytest.approx(statistics.stdev([0.2, 0.25, 0.3]))
+    assert float(triplet["train_seconds_mean"]) == pytest.approx(12.0)
+    assert triplet["num_seeds"] == "3"
+    assert float(rows["fastap"]["recall_at_1_std"]) == 0.0  # one seed: no spread to report
+
+    with open(tmp_path / "results_per_seed.csv") as f:
+        per_seed = list(csv.DictReader(f))
+    assert [(r["arm"], r["seed"], float(r["recall_at_1"])) for r in per_seed] == [
+        ("triplet", "0", 0.5), ("triplet", "1", 0.6), ("triplet", "2", 0.7), ("fastap", "0", 0.4)
+    ]  # fmt: skip
+
+    markdown = (tmp_path / "results.md").read_text()
+    assert markdown.split("```bash\n")[1].startswith("CMD --x 1\n")  # the command comes first
+    assert "| triplet | triplet | 16 | 8 | 60.00 ± 10.00 |" in markdown
+    for plot in ("recall_at_k.png", "recall_at_1_vs_batch.png", "recall_at_1_vs_time.png"):
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_paired_differences_are_taken_seed_by_seed(config, tmp_path):
+    rsk = [fake_result("rsk", seed, r1, map_r, 5.0) for seed, r1, map_r in ((0, 0.50, 0.2), (1, 0.70, 0.3))]
+    triplet = [fake_result("triplet", seed, r1, map_r, 5.0) for seed, r1, map_r in ((0, 0.53, 0.1), (1, 0.71, 0.3))]
+    benchmark.write_report(sweep_of(config, "rsk", "triplet"), rsk + triplet, tmp_path, command="cmd")
+    markdown = (tmp_path / "results.md").read_text()
+    # Differences 3 and 1 points (R@1), -10 and 0 points (MAP@R): mean and sample std of each pair.
+    expected_r1 = f"{statistics.mean([3, 1]):+.2f} ± {statistics.stdev([3, 1]):.2f}"
+    expected_map = f"{statistics.mean([-10, 0]):+.2f} ± {statistics.stdev([-10, 0]):.2f}"
+    assert f"| triplet | {expected_r1} | {expected_map} | 2 |" in markdown
+
+
+def test_rows_group_arms_of_one_loss_for_the_batch_plot(config):
+    results = [fake_result(f"rsk_b{b}", 0, r1, 0.2, 1.0, batch=b, loss="rsk") for b, r1 in ((256, 0.5), (1024, 0.6))]
+    rows = benchmark.summarize(results + [fake_result("untrained", 0, 0.1, 0.05, 0.0, loss="untrained")])
+    assert [(row["arm"], row["loss"], row["batch_size"]) for row in rows] == [
+        ("rsk_b256", "rsk", 256), ("rsk_b1024", "rsk", 1024), ("untrained", "untrained", 16)
+    ]  # fmt: skip
