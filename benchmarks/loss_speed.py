@@ -255,22 +255,40 @@ def main(argv=None) -> None:
     write_report(rows, simix_rows, args, " ".join([Path(sys.executable).name, *sys.argv]))
 
 
-def write_report(rows, simix_rows, args, command) -> None:
-    def get(table, method, batch):
-        return next(r for r in table if r["method"] == method and r["batch"] == batch)
+def ratio(a, b):
+    return None if a is None or b is None else a / b
 
-    def ratio(a, b):
-        return None if a is None or b is None else a / b
 
-    lines = [
-        "# RS@k loss: time and memory of one forward + backward",
+def report_header(title: str, args, command: str) -> list[str]:
+    return [
+        f"# {title}",
         "",
         f"Command: `{command}`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
         f"({args.threads or torch.get_num_threads()} torch threads per run), torch {torch.__version__}, "
-        f"device `{args.device}`. d = 512, 4 samples per class, default temperatures. "
-        "Extra memory = peak resident (CPU) or allocated (CUDA) memory during the call minus memory before it.",
+        f"device `{args.device}`, load average {os.getloadavg()[0]:.1f} at the end. ",
+    ]
+
+
+def write_outputs(out: str, lines: list[str], payload: dict) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+    print("\n".join(lines))
+
+
+def write_report(rows, simix_rows, args, command) -> None:
+    def get(table, method, batch):
+        return next(r for r in table if r["method"] == method and r["batch"] == batch)
+
+    lines = report_header("RS@k loss: time and memory of one forward + backward", args, command)
+    lines[-1] += (
+        "d = 512, 4 samples per class, default temperatures. "
+        "Extra memory = peak resident (CPU) or allocated (CUDA) memory during the call minus memory before it."
+    )
+    lines += [
         "",
         "| B | ours s | released loop s | naive B×P×B s | floor s | loop / ours | naive / ours | ours / floor "
         "| ours MB | loop MB | naive MB |",
@@ -306,11 +324,7 @@ def write_report(rows, simix_rows, args, command) -> None:
                 )
     if notes:
         lines += ["", "Not measured: " + "; ".join(f"{r['method']} B={r['batch']}: {r['note']}" for r in notes)]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "loss": rows, "simix": simix_rows}, indent=1))
-    print("\n".join(lines))
+    write_outputs(args.out, lines, {"command": command, "loss": rows, "simix": simix_rows})
 
 
 def compare_paths(args, command) -> None:
@@ -342,21 +356,15 @@ def write_paths_report(rows, args, command) -> None:
     def get(method, batch):
         return next(r for r in rows if r["method"] == method and r["batch"] == batch)
 
-    def ratio(a, b):
-        return None if a is None or b is None else a / b
-
-    lines = [
-        "# RS@k: dense vs tiled path, one forward + backward",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
-        f"({args.threads or torch.get_num_threads()} torch threads per run), torch {torch.__version__}, "
-        f"device `{args.device}`. d = 512, 4 samples per class (P = 3), default temperatures and chunk sizes. "
+    lines = report_header("RS@k: dense vs tiled path, one forward + backward", args, command)
+    lines[-1] += (
+        "d = 512, 4 samples per class (P = 3), default temperatures and chunk sizes. "
         "Extra memory = peak resident (CPU) or allocated (CUDA) memory during the call minus memory before it "
         "(the B×512 embeddings already allocated). Time: median of the repetitions (one above B = 20,000); on CPU "
         "with one torch thread the CPU time of that thread (`time.thread_time`: the machine is shared, wall time "
-        "varies with the other jobs' load; the JSON has both), else wall time.",
+        "varies with the other jobs' load; the JSON has both), else wall time."
+    )
+    lines += [
         "",
         "| B | dense s | tiled s | fused s | floor s | tiled / dense | fused / floor | tiled / floor "
         "| dense MB | tiled MB | fused MB |",
@@ -374,11 +382,7 @@ def write_paths_report(rows, args, command) -> None:
     notes = [r for r in rows if r.get("note")]
     if notes:
         lines += ["", "Not measured: " + "; ".join(f"{r['method']} B={r['batch']}: {r['note']}" for r in notes)]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "paths": rows}, indent=1))
-    print("\n".join(lines))
+    write_outputs(args.out, lines, {"command": command, "paths": rows})
 
 
 if __name__ == "__main__":
