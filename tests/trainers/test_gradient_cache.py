@@ -45,7 +45,7 @@ def test_equals_plain_full_batch_backward_without_randomness(chunk_size, loss_na
 
 
 @pytest.mark.parametrize("chunk_size", CHUNK_SIZES)
-@pytest.mark.parametrize("batchnorm_trains", [False, True], ids=["bn_frozen", "bn_no_double_update"])
+@pytest.mark.parametrize("batchnorm_trains", [False, True], ids=["bn_frozen", "bn_chunk_statistics"])
 def test_dropout_and_batchnorm_equal_a_seeded_plain_chunked_step(
     chunk_size, batchnorm_trains, make_cnn, image_batch, ref, device
 ):
