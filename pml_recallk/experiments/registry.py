@@ -18,7 +18,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pytorch_metric_learning import losses as pml_losses
+from pytorch_metric_learning import miners as pml_miners
+
 from ..datasets import DATASET_CLASSES, dataset_class
+from ..losses import RecallKSurrogateLoss
 from ..models.registry import MODEL_NAMES
 
 __all__ = [
@@ -76,11 +80,9 @@ def _pml_entry(
     miner_kwargs = miner_kwargs or {}
 
     def build(config: Mapping[str, Any], num_classes: int) -> Built:
-        from pytorch_metric_learning import losses, miners
-
         positional = (num_classes, config["model"]["embedding_size"]) if loss == "ProxyAnchorLoss" else ()
-        built_miner = getattr(miners, miner)(**miner_kwargs) if miner else None
-        return getattr(losses, loss)(*positional, **kwargs), built_miner
+        built_miner = getattr(pml_miners, miner)(**miner_kwargs) if miner else None
+        return getattr(pml_losses, loss)(*positional, **kwargs), built_miner
 
     text = f"{loss}({_kwargs_text(kwargs)})"
     if miner:
@@ -89,8 +91,6 @@ def _pml_entry(
 
 
 def _rsk(config: Mapping[str, Any], num_classes: int) -> Built:
-    from ..losses import RecallKSurrogateLoss
-
     loss = config["loss"]
     k_temperature = loss["k_temperature"]
     criterion = RecallKSurrogateLoss(
