@@ -307,3 +307,22 @@ def test_recall_curves_axis_is_zoomed_to_the_data(values):
     assert low < min(values) and high > max(values) - 1e-9 and high <= 1.02
     # Zoomed: the data fill most of the axis (not a fixed 0-1 range squashing them).
     assert (max(values) - min(values)) >= 0.5 * (high - low) or high - low <= 0.1
+
+
+def test_a_collapse_of_validation_recall_is_logged_and_recorded(tiny_config, tmp_path, monkeypatch):
+    from pml_recallk.experiments import train
+
+    seen = []
+
+    def collapsed_after_epoch_1(curve, floor):
+        seen.append((list(curve), floor))
+        return "validation recall fell to 0.01" if len(curve) >= 2 else None
+
+    monkeypatch.setattr(train, "validation_collapse", collapsed_after_epoch_1)
+    messages = []
+    config = resolve_config(overrides=["train.epochs=2"], base=tiny_config)
+    results = run_experiment(config, tmp_path / "run", log=messages.append)
+    untrained_r1 = results["val_curve"][0]["recall_at_1"]
+    assert seen == [([r["recall_at_1"] for r in results["val_curve"][1 : 1 + n]], untrained_r1) for n in (1, 2)]
+    assert results["warnings"] == ["epoch 2: training collapse: validation recall fell to 0.01"]
+    assert any(m.startswith("warning: epoch 2: training collapse") for m in messages)

@@ -48,6 +48,7 @@ from pytorch_metric_learning.utils import logging_presets
 from torch.utils.data import Dataset
 
 from .._io import write_json_atomic
+from ..trainers.collapse import validation_collapse
 from . import builders
 from .checkpoints import get_rng_state, load_checkpoint, load_init_weights, save_checkpoint, set_rng_state
 from .config import RESUMABLE_KEYS, ConfigError, config_differences, dumps_toml, upgrade_config
@@ -245,6 +246,7 @@ def _epoch_hook(run: Mapping[str, Any], history: dict[str, Any], log: Log, stop_
             history["val"].append({"epoch": epoch, **metrics})
             best_epoch, _ = hooks.get_best_epoch_and_accuracy(tester, "val")
             log(f"epoch {epoch}/{train_cfg['epochs']}: validation {_format_metrics(metrics)} (best epoch {best_epoch})")
+            _check_collapse(history, epoch, log)
             if best_epoch == epoch:
                 history["best_epoch"] = epoch
                 best = {"epoch": epoch, "config": config, "model": parts["model"].state_dict(), "val": metrics}
@@ -259,6 +261,16 @@ def _epoch_hook(run: Mapping[str, Any], history: dict[str, Any], log: Log, stop_
         return keep_going
 
     return on_epoch
+
+
+def _check_collapse(history: dict[str, Any], epoch: int, log: Log) -> None:
+    """Say so, in the log and in the results, when validation Recall@1 falls far below its best or the start."""
+    curve = [row[PRIMARY_METRIC] for row in history["val"]]
+    message = validation_collapse(curve, floor=history["untrained_val"][PRIMARY_METRIC])
+    if message is not None:
+        history.setdefault("warnings", []).append(f"epoch {epoch}: training collapse: {message}")
+        log(f"warning: epoch {epoch}: training collapse: {message}; lower train.lr or the batch, or start from "
+            "pretrained weights (model.init_checkpoint)")  # fmt: skip
 
 
 def _train_epochs(run: dict[str, Any], history: dict[str, Any], start_epoch: int, on_epoch) -> None:
@@ -369,10 +381,12 @@ def run_experiment(
     Returns:
         ``{"untrained", "trained", "best_epoch", "best_val", "epochs_run", "stopped_early", "seconds",
         "train_seconds", "test_splits", "device", "threads", "loss", "init_checkpoint", "val_curve",
-        "loss_curve", "config"}``: ``untrained``/``trained`` are ``{"recall_at_1": ..., ...}`` on the test split,
-        or ``{split: {...}}`` when ``data.test_splits`` names several (VehicleID); ``val_curve`` lists the
-        validation metrics per epoch (epoch 0: untrained), ``loss_curve`` ``[iteration, loss]`` pairs; ``seconds``
-        is the wall time of every process that worked on the run, ``train_seconds`` that of the training steps.
+        "loss_curve", "warnings", "config"}``: ``untrained``/``trained`` are ``{"recall_at_1": ..., ...}`` on the
+        test split, or ``{split: {...}}`` when ``data.test_splits`` names several (VehicleID); ``val_curve`` lists
+        the validation metrics per epoch (epoch 0: untrained), ``loss_curve`` ``[iteration, loss]`` pairs;
+        ``seconds`` is the wall time of every process that worked on the run, ``train_seconds`` that of the
+        training steps; ``warnings`` says when validation Recall@1 collapsed
+        (:func:`pml_recallk.trainers.collapse.validation_collapse`).
     """
     started = time.perf_counter()
     output_dir = Path(output_dir)
@@ -423,6 +437,7 @@ def _finish(run: dict[str, Any], history: dict[str, Any], output_dir: Path, log:
         "init_checkpoint": history["init_checkpoint"],
         "val_curve": [{"epoch": 0, **history["untrained_val"]}, *history["val"]],
         "loss_curve": history["loss"],
+        "warnings": history.get("warnings", []),
         "config": config,
     }
     # Atomic: a runner that finds results.json takes the run as finished.
