@@ -133,6 +133,7 @@ def run_arm(
 
     Returns ``{"format", "spec", "test": {metric: value}, "best_epoch", "val_curve", "loss_curve",
     "train_seconds", "seconds", "finished", "device", "threads", "load_average", "init_checkpoint", "command"}``
+    (and a trained run's ``warnings``, e.g. a collapse of validation recall)
     (``test`` on the first test split; ``train_seconds`` the training steps' wall time, validation excluded).
     """
     run_dir, started, load_at_start = Path(run_dir), time.perf_counter(), _load_average()
@@ -149,7 +150,7 @@ def run_arm(
         result.update(
             test=test, best_epoch=trained["best_epoch"], val_curve=trained["val_curve"],
             loss_curve=trained["loss_curve"], train_seconds=trained["train_seconds"],
-            init_checkpoint=trained["init_checkpoint"],
+            init_checkpoint=trained["init_checkpoint"], warnings=trained["warnings"],
         )  # fmt: skip
     result.update(
         seconds=round(time.perf_counter() - started, 3),
