@@ -109,6 +109,8 @@ def estimated_pml_default_gb(num_items: int) -> float:
 
 
 def build_calculator(config: str, device: str = "cpu"):
+    # torch, PML and faiss are imported by the workers only: the parent process spawns them and writes the tables,
+    # and its own memory is never measured.
     import torch
     from pytorch_metric_learning.distances import CosineSimilarity
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
