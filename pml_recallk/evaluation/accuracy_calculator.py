@@ -388,7 +388,9 @@ def _as_tensor(x, name: str) -> torch.Tensor:
         return x
     if isinstance(x, np.ndarray):
         return torch.from_numpy(x)
-    raise TypeError(f"{name} must be a torch.Tensor or a numpy array, got {type(x).__name__}")
+    raise TypeError(
+        f"{name} must be a torch.Tensor or a numpy array, got {type(x).__name__}; convert with numpy.asarray({name})"
+    )
 
 
 def _check_inputs(query, query_labels, reference, reference_labels, ref_includes_query: bool) -> None:
