@@ -28,6 +28,8 @@ _PUBLIC = {
     "build_parser": ".runner",
     "main": ".runner",
     "run_arm": ".runner",
+    "run_one": ".runner",
+    "build_sweep_datasets": ".runner",
     "run_sweep": ".runner",
     "load_results": ".report",
     "summarize": ".report",

@@ -37,9 +37,18 @@ PRIMARY_METRIC = "recall_at_1"
 
 
 def load_results(output_dir: str | Path) -> list[dict[str, Any]]:
-    """Every finished run's ``result.json`` under ``output_dir/runs``."""
+    """Every finished run's ``result.json`` under ``output_dir/runs`` (those of the first runner, whose runs were
+    named by their loss configuration, read as arms of that name)."""
     paths = sorted(Path(output_dir).glob("runs/*/seed_*/result.json"))
-    return [json.loads(path.read_text()) for path in paths]
+    return [_upgraded(json.loads(path.read_text())) for path in paths]
+
+
+def _upgraded(result: dict[str, Any]) -> dict[str, Any]:
+    spec = result["spec"]
+    if "arm" not in spec:  # pml-recallk-benchmark-v1: "loss" named the configuration (rsk_large, rsk_simix, ...)
+        spec["arm"] = spec["loss"]
+        spec["loss"] = "rsk" if spec["loss"].startswith("rsk") else spec["loss"]
+    return result
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -61,6 +70,7 @@ def summarize(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "arm": arm,
             "loss": spec["loss"],
+            "family": _family(spec),
             "seeds": [r["spec"]["seed"] for r in runs],
             "batch_size": spec.get("batch_size"),
             "steps": spec.get("steps"),
@@ -71,6 +81,18 @@ def summarize(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row["train_seconds"] = _mean_std([r["train_seconds"] for r in runs])
         rows.append(row)
     return rows
+
+
+def _family(spec: Mapping[str, Any]) -> str:
+    """The loss with what changes its kind (SiMix, a memory, equal steps): one line of the batch-size plot."""
+    config = spec.get("config", {})
+    mixup, memory = config.get("mixup", {}), config.get("memory", {})
+    family = spec["loss"]
+    if mixup.get("enabled") or "simix" in spec["arm"]:  # (the first runner named SiMix only in the arm)
+        family += f" + SiMix ({mixup['mode']})" if "mode" in mixup else " + SiMix"
+    if memory.get("enabled"):
+        family += " + memory"
+    return family + (" (equal steps)" if spec.get("equal_steps") else "")
 
 
 def _metric_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -289,27 +311,25 @@ def _plot_bars(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], output
 
 
 def _plot_against_batch(rows: Sequence[Mapping[str, Any]], output_dir: Path) -> None:
-    """Recall@1 against the batch size, one line per loss (arms of one loss at several batches)."""
+    """Recall@1 against the batch size, one line per loss family (arms of one loss at several batches)."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    by_loss: dict[str, list[Mapping[str, Any]]] = {}
+    by_family: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         if row["arm"] not in FLOORS and row["batch_size"]:
-            by_loss.setdefault(row["loss"], []).append(row)
-    for loss, loss_rows in by_loss.items():
-        loss_rows = sorted(loss_rows, key=lambda r: r["batch_size"])
-        means = [100 * r[PRIMARY_METRIC][0] for r in loss_rows]
-        stds = [100 * r[PRIMARY_METRIC][1] for r in loss_rows]
-        batches = [r["batch_size"] for r in loss_rows]
-        line = ax.errorbar(batches, means, yerr=stds, marker="o", capsize=3, label=loss)
-        for row, x, y in zip(loss_rows, batches, means):
-            ax.annotate(row["arm"], (x, y), fontsize="x-small", color=line[0].get_color(), alpha=0.8)
-    for row in rows:
-        if row["arm"] in FLOORS:
-            ax.axhline(100 * row[PRIMARY_METRIC][0], color="grey", ls=":", lw=1)
-            ax.annotate(f"{row['arm']} floor", (ax.get_xlim()[0], 100 * row[PRIMARY_METRIC][0]), fontsize="x-small")
+            by_family.setdefault(row["family"], []).append(row)
+    for i, (family, family_rows) in enumerate(by_family.items()):
+        family_rows = sorted(family_rows, key=lambda r: r["batch_size"])
+        # Families side by side at one batch size, a few percent apart on the log axis, so the bars do not overlap.
+        shift = 2 ** (0.04 * (i - (len(by_family) - 1) / 2))
+        means = [100 * r[PRIMARY_METRIC][0] for r in family_rows]
+        stds = [100 * r[PRIMARY_METRIC][1] for r in family_rows]
+        style = "--" if family.endswith("(equal steps)") else "-"
+        ax.errorbar([r["batch_size"] * shift for r in family_rows], means, yerr=stds, marker="o", ls=style, capsize=3,
+                    label=family)  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set(xlabel="batch size (images)", ylabel="test Recall@1 (%)")
-    ax.set_title("Test Recall@1 against the batch size (mean ± std over seeds)", fontsize="medium")
+    title = "Test Recall@1 against the batch size (mean ± std over seeds)" + _floor_title(rows, [PRIMARY_METRIC])
+    ax.set_title(title, fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
     fig.tight_layout()

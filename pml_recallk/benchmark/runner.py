@@ -21,6 +21,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from ..experiments.train import evaluate_initial_model, run_experiment
 from .report import load_results, write_report
 from .sweep import FLOORS, Arm, Sweep, load_sweep
 
-__all__ = ["build_parser", "main", "run_arm", "run_sweep"]
+__all__ = ["build_parser", "build_sweep_datasets", "main", "planned_config", "run_arm", "run_one", "run_sweep"]
 
 RESULT_FORMAT = "pml-recallk-benchmark-v2"
 PRIMARY_METRIC = "recall_at_1"
@@ -95,7 +96,9 @@ def planned_config(sweep: Sweep, arm: Arm, seed: int, data: _Data) -> dict[str, 
     return config
 
 
-def _spec(name: str, seed: int, config: Mapping[str, Any], datasets: Mapping[str, Dataset]) -> dict[str, Any]:
+def _spec(
+    name: str, seed: int, config: Mapping[str, Any], datasets: Mapping[str, Dataset], equal_steps: str = ""
+) -> dict[str, Any]:
     """Everything that determines the numbers of one run (compared when a finished run is found)."""
     kept = {t: {k: v for k, v in values.items() if f"{t}.{k}" not in RUNTIME_KEYS} for t, values in config.items()}
     spec: dict[str, Any] = {"arm": name, "seed": seed, "data": _sizes(datasets), "config": kept}
@@ -107,6 +110,7 @@ def _spec(name: str, seed: int, config: Mapping[str, Any], datasets: Mapping[str
         **spec, "loss": config["loss"]["name"], "settings": LOSSES[config["loss"]["name"]].settings,
         "batch_size": batch, "chunk_size": config["train"]["chunk_size"] or batch, "steps_per_epoch": steps,
         "steps": steps * epochs, "images_seen": steps * epochs * batch, "evaluate_only": False,
+        "equal_steps": equal_steps,
     }  # fmt: skip
 
 
@@ -211,7 +215,7 @@ def run_sweep(
     for number, (name, seed, config) in enumerate(plan, start=1):
         run_dir = output_dir / "runs" / name / f"seed_{seed}"
         datasets_of_run = data.of(config)
-        spec = _spec(name, seed, config, datasets_of_run)
+        spec = _spec(name, seed, config, datasets_of_run, sweep.arm(name).equal_steps if name in sweep.names else "")
         done = run_dir / "result.json"
         if done.exists():
             result = json.loads(done.read_text())
@@ -230,6 +234,35 @@ def run_sweep(
     write_report(sweep, results, output_dir)
     log(f"wrote {output_dir / 'results.md'} ({time.perf_counter() - started:.0f} s)")
     return results
+
+
+def run_one(
+    sweep: Sweep,
+    loss: str,
+    seed: int,
+    datasets: Mapping[str, Dataset],
+    run_dir: str | Path,
+    log: Log = _log_to_stderr,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Deprecated (use :func:`run_sweep`, or :func:`run_arm`): run the arm or floor ``loss`` with ``seed``."""
+    warnings.warn("benchmark.run_one is deprecated; use run_sweep (or run_arm)", DeprecationWarning, stacklevel=2)
+    data = _Data(datasets)
+    if loss in FLOORS:
+        config, equal_steps = sweep.floor_config(loss, seed), ""
+    else:
+        config, equal_steps = planned_config(sweep, sweep.arm(loss), seed, data), sweep.arm(loss).equal_steps
+    spec = _spec(loss, seed, config, datasets, equal_steps)
+    return run_arm(spec, config, datasets, run_dir, log=log, command=command)
+
+
+def build_sweep_datasets(sweep: Sweep) -> dict[str, Dataset]:
+    """Deprecated: ``{"train", "val", "test"}`` of the sweep's base config (use experiments.builders)."""
+    warnings.warn("benchmark.build_sweep_datasets is deprecated; use experiments.builders.build_datasets",
+                  DeprecationWarning, stacklevel=2)  # fmt: skip
+    test = sweep.config["data"]["test_splits"][0]
+    datasets = builders.build_datasets(sweep.config, ["train", "val", test])
+    return {"train": datasets["train"], "val": datasets["val"], "test": datasets[test]}
 
 
 # --------------------------------------------------------------------------------------------------- CLI
@@ -271,10 +304,11 @@ def _sweep_of(args: argparse.Namespace) -> tuple[Sweep, str | None]:
     if args.device is not None:
         overrides.append(f"train.device={json.dumps(args.device)}")
     sweep, file_output_dir = load_sweep(args.sweep, args.dataset, overrides)
-    arms = sweep.arms
-    if args.losses:
-        losses = [name.strip() for name in args.losses.split(",") if name.strip()]
-        arms = [sweep.arm(name) if name in sweep.names else Arm(name, name) for name in losses]
+    arms, losses = sweep.arms, []
+    if args.losses:  # one arm per name: the file's arm of that name, else the loss of that name
+        names = [name.strip() for name in args.losses.split(",") if name.strip()]
+        arms = [sweep.arm(name) for name in names if name in sweep.names]
+        losses = [name for name in names if name not in sweep.names]
     if args.arms:
         wanted = [name.strip() for name in args.arms.split(",") if name.strip()]
         unknown = [name for name in wanted if name not in sweep.names]
@@ -283,7 +317,8 @@ def _sweep_of(args: argparse.Namespace) -> tuple[Sweep, str | None]:
         arms = [sweep.arm(name) for name in wanted]
     seeds = args.seeds if args.seeds is not None else sweep.seeds
     budget = args.budget_images if args.budget_images is not None else sweep.budget_images
-    sweep = Sweep(sweep.config, arms, seeds, sweep.floors, budget, sweep.name)  # checks the command line's values
+    # A new Sweep checks the command line's values too.
+    sweep = Sweep(sweep.config, arms, seeds, sweep.floors, budget, sweep.name, losses=losses)
     return sweep, file_output_dir
 
 

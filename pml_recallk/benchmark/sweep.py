@@ -41,6 +41,7 @@ Example:
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,11 @@ PRETRAINED = "pretrained"
 FLOORS = (UNTRAINED, PRETRAINED)
 _ARM_KEYS = {"loss", "equal_steps"}
 _SWEEP_KEYS = {"name", "seeds", "floors", "budget_images", "losses", "batch_size", "output_dir"}
+# The first runner's loss configurations that were arms in all but name (deprecated).
+_OLD_NAMES = {
+    "rsk_large": 'loss = "rsk" with [data] batch_size = large_batch_size and [train] chunk_size = chunk_size',
+    "rsk_simix": 'loss = "rsk" with [mixup] enabled = true',
+}
 
 
 @dataclass
@@ -101,7 +107,8 @@ class Sweep:
             takes ``round(budget / (epochs × batch))`` steps per epoch (at least 1): the same images seen.
         name: shown in the report.
         losses: shorthand: one arm per loss, named after it, with ``batch_size`` as its ``data.batch_size`` (0:
-            the base config's).
+            the base config's). The first runner's names ``rsk_large`` (at ``large_batch_size``, 0: every class,
+            in chunks of ``chunk_size``) and ``rsk_simix`` still work this release, with a DeprecationWarning.
     """
 
     config: dict[str, dict[str, Any]]
@@ -112,6 +119,8 @@ class Sweep:
     name: str = "benchmark"
     losses: list[str] = field(default_factory=list)
     batch_size: int = 0
+    large_batch_size: int = 0
+    chunk_size: int = 0
 
     def __post_init__(self) -> None:
         self.arms = list(self.arms) + [self._shorthand_arm(loss) for loss in self.losses if loss not in self.names]
@@ -137,9 +146,17 @@ class Sweep:
             self.arm_config(arm, self.seeds[0])  # every arm's config is checked before anything runs
 
     def _shorthand_arm(self, loss: str) -> Arm:
-        if type(self.batch_size) is not int or self.batch_size < 0:
-            raise ConfigError(f"sweep.batch_size must be a non-negative integer, got {self.batch_size!r}")
-        return Arm(loss, loss, {"data": {"batch_size": self.batch_size}} if self.batch_size else {})
+        for key in ("batch_size", "large_batch_size", "chunk_size"):
+            if type(getattr(self, key)) is not int or getattr(self, key) < 0:
+                raise ConfigError(f"sweep.{key} must be a non-negative integer, got {getattr(self, key)!r}")
+        batch = {"data": {"batch_size": self.batch_size}} if self.batch_size else {}
+        if loss not in _OLD_NAMES:
+            return Arm(loss, loss, batch)
+        warnings.warn(f"the loss configuration {loss!r} is now an arm: {_OLD_NAMES[loss]}", DeprecationWarning, 3)
+        if loss == "rsk_simix":
+            return Arm(loss, "rsk", {**batch, "mixup": {"enabled": True}})
+        train = {"train": {"chunk_size": self.chunk_size}} if self.chunk_size else {}
+        return Arm(loss, "rsk", {"data": {"batch_size": self.large_batch_size}, **train})
 
     @property
     def names(self) -> list[str]:

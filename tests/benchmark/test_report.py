@@ -75,3 +75,23 @@ def test_rows_group_arms_of_one_loss_for_the_batch_plot(config):
     assert [(row["arm"], row["loss"], row["batch_size"]) for row in rows] == [
         ("rsk_b256", "rsk", 256), ("rsk_b1024", "rsk", 1024), ("untrained", "untrained", 16)
     ]  # fmt: skip
+
+
+def test_the_first_runners_results_are_read_as_arms(tmp_path):
+    import json
+
+    run = tmp_path / "runs" / "rsk_simix" / "seed_0"
+    run.mkdir(parents=True)
+    old = fake_result("x", 0, 0.5, 0.2, 1.0)
+    old["spec"] = {"loss": "rsk_simix", "seed": 0, "batch_size": 64, "steps": 8, "images_seen": 512, "data": {}}
+    (run / "result.json").write_text(json.dumps(old))
+    (result,) = benchmark.load_results(tmp_path)
+    assert (result["spec"]["arm"], result["spec"]["loss"]) == ("rsk_simix", "rsk")
+    (row,) = benchmark.summarize([result])
+    assert row["family"] == "rsk + SiMix"
+
+
+def test_a_loss_family_is_the_loss_with_what_changes_its_kind():
+    spec = {"arm": "a", "loss": "rsk", "equal_steps": "b",
+            "config": {"mixup": {"enabled": True, "mode": "database_only"}, "memory": {"enabled": True}}}  # fmt: skip
+    assert benchmark.report._family(spec) == "rsk + SiMix (database_only) + memory (equal steps)"
