@@ -7,7 +7,10 @@ functions in :mod:`pml_recallk.experiments.builders`, ``load_checkpoint`` in
 
 import warnings
 
+import torch as _torch
+
 from ._io import save_torch_atomic as save_atomic  # noqa: F401
+from .experiments import builders as _builders
 from .experiments.builders import (  # noqa: F401
     TransformedDataset,
     build_accuracy_calculator,
@@ -23,7 +26,9 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "build_accuracy_calculator",
     "build_datasets",
+    "build_loss",
     "build_model",
+    "build_optimizer",
     "build_tester",
     "embed_and_evaluate",
     "evaluate_checkpoint",
@@ -31,6 +36,17 @@ __all__ = [
     "run_experiment",
     "save_atomic",
 ]
+
+
+def build_loss(config):
+    """The loss of ``config`` (now ``experiments.builders.build_loss(config, num_classes)``, with its miner)."""
+    return _builders.build_loss(config, num_classes=0)[0]
+
+
+def build_optimizer(config, model):
+    """The network's optimiser (now ``experiments.builders.build_optimizers``, which adds the loss's)."""
+    return _builders.build_optimizers(config, model, _torch.nn.Module())["trunk_optimizer"]
+
 
 warnings.warn(
     "pml_recallk.experiment is deprecated; import from pml_recallk.experiments", DeprecationWarning, stacklevel=2
