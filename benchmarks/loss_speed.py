@@ -101,17 +101,24 @@ def floor_step(emb: torch.Tensor, labels: torch.Tensor, diff: torch.Tensor) -> t
     return sim.sum() * 0 + torch.sigmoid(diff).sum()
 
 
-def floor_tiled(emb: torch.Tensor, positives: int, tile: int, tau: float = 0.01) -> float:
-    """The floor of the tiled path (see the module docstring), with no autograd; P = ``positives`` columns."""
+def floor_tiled(emb: torch.Tensor, positives: int, tau: float = 0.01) -> float:
+    """The floor of the tiled path (see the module docstring), with no autograd; P = ``positives`` columns. Tiles and
+    sigmoid chunks of the sizes the tiled path picks by default, so the products are as efficient as there."""
+    from pml_recallk.functional import default_query_chunk_size, default_tile_size
+
+    tile = default_tile_size(len(emb), emb.device)
+    chunk = min(tile, default_query_chunk_size(positives, len(emb), emb.device))
     grad = torch.zeros_like(emb)
     total = 0.0
     for start in range(0, len(emb), tile):
         rows = slice(start, start + tile)
         sim = emb[rows] @ emb.T / tau
-        x = sim[:, None, :] - sim[:, :positives, None]
-        sig = torch.sigmoid(x)
-        total += float(sig.sum())
-        grad_sim = torch.ops.aten.sigmoid_backward(torch.ones_like(sig), sig).sum(1)
+        grad_sim = torch.empty_like(sim)
+        for first in range(0, len(sim), chunk):
+            part = sim[first : first + chunk]
+            sig = torch.sigmoid(part[:, None, :] - part[:, :positives, None])
+            total += float(sig.sum())
+            grad_sim[first : first + chunk] = torch.ops.aten.sigmoid_backward(torch.ones_like(sig), sig).sum(1)
         grad[rows] = grad_sim @ emb
         grad.addmm_(grad_sim.T, emb[rows])
     return total
@@ -145,9 +152,7 @@ def worker(method: str, batch: int, device: str, repeats: int, threads: int | No
     def step():
         emb = emb0.clone().requires_grad_(True)
         if method == "floor_tiled":
-            # The same similarity tile as the tiled path; sigmoids over the whole tile (the kernel's memory model).
-            tile = min(batch, max(1, (1 << 24 if device == "cuda" else 1 << 21) // (batch * (m - 1))))
-            return floor_tiled(emb0, m - 1, tile)
+            return floor_tiled(emb0, m - 1)
         if method in ("dense", "tiled", "fused"):
             loss = RecallKSurrogateLoss(path=method)(emb, labels)
         elif method == "ours":
@@ -231,6 +236,8 @@ def main(argv=None) -> None:
     parser.add_argument("--paths", action="store_true", help="compare RecallKSurrogateLoss's dense/tiled/fused paths")
     parser.add_argument("--dense-max", type=int, default=20000, help="--paths: largest B the dense path runs at")
     parser.add_argument("--floor-max", type=int, default=None, help="--paths: largest B the floor runs at")
+    parser.add_argument("--methods", nargs="+", default=list(PATH_METHODS), help="--paths: the methods to run")
+    parser.add_argument("--reuse", help="--paths: JSON of an earlier run whose rows stand in for methods not run")
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.device, args.repeats, args.threads)))
@@ -328,12 +335,19 @@ def write_report(rows, simix_rows, args, command) -> None:
 
 
 def compare_paths(args, command) -> None:
-    """Dense vs tiled (vs fused on CUDA) vs the tiled floor at each B; one repetition above 20,000."""
-    rows = []
+    """Dense vs tiled (vs fused on CUDA) vs the tiled floor at each B; one repetition above 20,000. With ``--reuse``,
+    the rows of the methods not in ``--methods`` come from that earlier run's JSON."""
+    rows, earlier = [], {}
+    if args.reuse:
+        previous = json.loads(Path(args.reuse).read_text())
+        earlier = {(r["method"], r["batch"]): r for r in previous["paths"]}
+        args.reused_command = previous["command"]
     for batch in args.sizes:
         for method in PATH_METHODS:
             skip = _path_skip_reason(method, batch, args)
-            if skip:
+            if method not in args.methods and (method, batch) in earlier:
+                rows.append(earlier[(method, batch)])
+            elif skip:
                 rows.append({"method": method, "batch": batch, "seconds": None, "extra_mb": None, "note": skip})
             else:
                 reps = args.repeats if batch <= 20000 else 1
@@ -357,6 +371,8 @@ def write_paths_report(rows, args, command) -> None:
         return next(r for r in rows if r["method"] == method and r["batch"] == batch)
 
     lines = report_header("RS@k: dense vs tiled path, one forward + backward", args, command)
+    if getattr(args, "reused_command", None):
+        lines[3:3] = [f"Rows of the methods not in `--methods` come from the earlier run `{args.reused_command}`.", ""]
     lines[-1] += (
         "d = 512, 4 samples per class (P = 3), default temperatures and chunk sizes. "
         "Extra memory = peak resident (CPU) or allocated (CUDA) memory during the call minus memory before it "
