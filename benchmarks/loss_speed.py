@@ -372,7 +372,7 @@ def write_paths_report(rows, args, command) -> None:
 
     lines = report_header("RS@k: dense vs tiled path, one forward + backward", args, command)
     if getattr(args, "reused_command", None):
-        lines[3:3] = [f"Rows of the methods not in `--methods` come from the earlier run `{args.reused_command}`.", ""]
+        lines[3:3] = ["", f"Rows of the methods not in `--methods` come from the earlier run `{args.reused_command}`."]
     lines[-1] += (
         "d = 512, 4 samples per class (P = 3), default temperatures and chunk sizes. "
         "Extra memory = peak resident (CPU) or allocated (CUDA) memory during the call minus memory before it "
