@@ -71,41 +71,38 @@ def build_positive_index(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Positives of every query as a padded index.
 
-    Returns ``(positive_index, positive_valid)``, both (Nq, Pmax): the database columns with the query's label,
-    minus the query's own column (``self_index``) and minus ``excluded_index`` (Nq×X, padded with -1). Padding
-    slots hold index 0 and ``positive_valid`` False. ``chunk_size`` queries are compared with all labels at a
+    Returns ``(positive_index, positive_valid)``, both (Nq, Pmax): the database columns with the query's label, in
+    increasing order, minus the query's own column (``self_index``) and minus ``excluded_index`` (Nq×X, padded
+    with -1). Padding slots hold index 0 and ``positive_valid`` False.
+
+    The database is sorted by label once, so each query's candidates are one run of that order: memory is
+    O(Nq × largest class), never Nq × N. ``chunk_size`` queries are checked against their excluded columns at a
     time (default: about 16 M comparisons).
     """
-    num_queries, database_size = len(query_labels), len(database_labels)
-    chunk_size = chunk_size or max(1, (1 << 24) // max(1, database_size))
-    device = query_labels.device
+    num_queries, device = len(query_labels), query_labels.device
     database_labels = database_labels.to(device)
+    if num_queries == 0 or len(database_labels) == 0:
+        empty = torch.zeros(num_queries, 1, dtype=torch.long, device=device)
+        return empty, empty.bool()
+    sorted_labels, order = torch.sort(database_labels, stable=True)  # stable: columns stay in increasing order
+    query_labels = query_labels.to(sorted_labels.dtype)
+    start = torch.searchsorted(sorted_labels, query_labels)
+    counts = torch.searchsorted(sorted_labels, query_labels, right=True) - start
+    offsets = torch.arange(max(int(counts.max()), 1), device=device)
+    valid = offsets < counts[:, None]
+    candidates = order[(start[:, None] + offsets).clamp(max=len(order) - 1)]
     not_positive = _excluded_columns(num_queries, self_index, excluded_index, True, device)
-    chunks = []
-    for start in range(0, num_queries, chunk_size):
-        stop = min(start + chunk_size, num_queries)
-        same = query_labels[start:stop, None] == database_labels[None, :]
-        if not_positive is not None:
-            cols = not_positive[start:stop]
-            # Padding (-1) is redirected to an extra dummy column that is dropped afterwards.
-            same = torch.cat([same, same.new_zeros(stop - start, 1)], dim=1)
-            same.scatter_(1, torch.where(cols < 0, database_size, cols), False)
-            same = same[:, :database_size]
-        rows, cols = same.nonzero(as_tuple=True)
-        counts = same.sum(1)
-        chunks.append((rows + start, cols, counts))
-    counts = torch.cat([c for _, _, c in chunks]) if chunks else query_labels.new_zeros(0)
-    max_positives = int(counts.max()) if num_queries else 0
-    positive_index = torch.zeros(num_queries, max(max_positives, 1), dtype=torch.long, device=device)
-    positive_valid = torch.zeros(num_queries, max(max_positives, 1), dtype=torch.bool, device=device)
-    row_start = torch.cumsum(counts, 0) - counts
-    for rows, cols, _ in chunks:
-        # nonzero() lists each row's columns in order, so the slot of an entry is its offset within its row.
-        flat = torch.arange(len(rows), device=device) + (row_start[rows[0]] if len(rows) else 0)
-        slot = flat - row_start[rows]
-        positive_index[rows, slot] = cols
-        positive_valid[rows, slot] = True
-    return positive_index, positive_valid
+    if not_positive is not None:
+        chunk_size = chunk_size or max(1, (1 << 24) // (len(offsets) * not_positive.shape[1]))
+        for first in range(0, num_queries, chunk_size):
+            rows = slice(first, first + chunk_size)
+            valid[rows] &= ~(candidates[rows, :, None] == not_positive[rows, None, :]).any(2)
+        # Valid entries first, each row's order kept; then drop the columns no row needs.
+        keep_order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices
+        candidates, valid = candidates.gather(1, keep_order), valid.gather(1, keep_order)
+        width = max(int(valid.sum(1).max()), 1)
+        candidates, valid = candidates[:, :width], valid[:, :width]
+    return candidates.masked_fill(~valid, 0), valid
 
 
 def soft_ranks(

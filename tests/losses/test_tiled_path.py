@@ -229,3 +229,34 @@ def test_other_similarities_keep_the_dense_path():
 def test_bad_path_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         RecallKSurrogateLoss(**kwargs)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    sizes=st.tuples(st.integers(1, 20), st.integers(1, 25)),
+    seed=st.integers(0, 2**16),
+    with_self=st.booleans(),
+    excluded_width=st.sampled_from([0, 1, 4]),
+    chunk_size=st.sampled_from([None, 1, 3]),
+)
+def test_positive_index_lists_the_positives_written_out(sizes, seed, with_self, excluded_width, chunk_size):
+    """Each query's positives, in increasing column order: same label, not itself, not excluded (any int labels)."""
+    gen = torch.Generator().manual_seed(seed)
+    num_queries, database_size = sizes
+    query_labels = torch.randint(-3, 4, (num_queries,), generator=gen)
+    database_labels = torch.randint(-3, 4, (database_size,), generator=gen)
+    self_index = torch.randint(0, database_size, (num_queries,), generator=gen) if with_self else None
+    excluded = (
+        torch.randint(-1, database_size, (num_queries, excluded_width), generator=gen) if excluded_width else None
+    )
+    index, valid = rsk_functional.build_positive_index(query_labels, database_labels, self_index, excluded, chunk_size)
+    expected = []
+    for q in range(num_queries):
+        outside = ({int(self_index[q])} if with_self else set()) | (
+            set(excluded[q].tolist()) if excluded_width else set()
+        )
+        expected.append([z for z in range(database_size) if database_labels[z] == query_labels[q] and z not in outside])
+    assert index.shape[1] == max(1, max(len(p) for p in expected))
+    for q, positives in enumerate(expected):
+        assert index[q][valid[q]].tolist() == positives
+        assert not valid[q, len(positives) :].any() and (index[q][~valid[q]] == 0).all()
