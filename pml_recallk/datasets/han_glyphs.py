@@ -156,7 +156,7 @@ class HanGlyphs(Dataset):
             raise ValueError(f"HanGlyphs: image_size must be one of {IMAGE_SIZES} (pixels), got {image_size}")
         if images_per_class is not None:
             images_per_class = check_int(images_per_class, "HanGlyphs: images_per_class", minimum=2)
-        seed = check_int(seed, "HanGlyphs: seed")
+        seed = check_int(seed, "HanGlyphs: seed", minimum=0)
         if num_workers is not None:
             num_workers = check_int(num_workers, "HanGlyphs: num_workers", minimum=1)
         if transform is not None and not callable(transform):

@@ -6,14 +6,14 @@ Building it (:func:`han_table`):
    ``MIN_HAN_COVERAGE`` of the 8,105 list characters is rendered, in parallel, with the per-render filters of
    :mod:`~pml_recallk.datasets.han_fonts` (blank, does not fit, ``.notdef``, FreeType error, placeholder);
    each face's renders are cached on their own, so the table can be rebuilt without rendering again;
-2. faces whose renders disagree with the other designs are dropped (:func:`consensus_score`): a face whose
-   renders are not, for most characters, nearest the other faces' mean render of that same character draws
-   other glyphs (Guseul draws each hanja as its hangul reading) or is illegible at this size;
-3. near-duplicates: within each character, a render closer than ``DUPLICATE_L1`` in normalised L1
+2. near-duplicates: within each character, a render closer than ``DUPLICATE_L1`` in normalised L1
    ``Σ|a − b| / (Σa + Σb)`` to a render kept before it (in face order) is dropped, so every image is distinct;
-4. design groups: faces are one design when they share a family name (less weights and region tags), when at
-   least ``SAME_DESIGN_FRACTION`` of the characters both render are near-duplicates, or when
-   :data:`SAME_DESIGN_FALLBACK` says so (derived designs the render measure cannot see).
+3. design groups: faces are one design when they share a family key (family name less weights, region tags and
+   variant codes), when at least ``SAME_DESIGN_FRACTION`` of the characters both render are near-duplicates
+   (this also joins hybrids such as MigMix, M+ kana with IPA kanji, to both of their sources), or when
+   :data:`SAME_DESIGN_FALLBACK` says so (rescaled or redrawn copies the render measure cannot see);
+4. faces whose renders disagree with the other design groups are dropped (:func:`consensus_score`): a face
+   that draws other glyphs, or is illegible at this size (Rampart One's 3-D outlines).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -47,14 +48,21 @@ SAME_DESIGN_MIN_COMMON = 50  # ... measured over at least this many characters b
 CONSENSUS_SAMPLE = 256  # characters per face for the consensus check
 MIN_CONSENSUS_SCORE = 0.65  # chance is 0.5; a face below this draws other glyphs or is illegible
 
-# Designs that the render measure cannot join, by family key (HanFace.family_key): a derived design whose
-# glyphs were redrawn or scaled, so that few renders match exactly. Each entry is a fact about the fonts'
-# origin, from their own documentation (and docs/han_glyphs.md's measurements).
-SAME_DESIGN_FALLBACK: tuple[tuple[str, str, str], ...] = (
-    ("lxgw wen kai", "klee one", "LXGW WenKai is derived from Fontworks' Klee One"),
-    ("motoya l maruberi", "motoya l cedar", "Motoya L Maruberi is the rounded cut of Motoya L Cedar"),
-    ("mm cedar", "motoya l cedar", "MMCedar combines Motoya L Cedar's kanji with M+ kana"),
-    ("mm cedar p", "motoya l cedar", "MMCedar P is the proportional MMCedar"),
+# Designs that the render measure cannot join, by family-name pattern: faces whose family names match one
+# pattern are one design. Each entry is a measured miss of the measure (docs/han_glyphs.md: these families
+# share under 10 % near-identical renders, because one is a rescaled or redrawn copy of the other, or a weight
+# of it) and a fact about the fonts' origin, from their own documentation.
+SAME_DESIGN_FALLBACK: tuple[tuple[str, str], ...] = (
+    (
+        r"^(AR PL (Mingti2L|SungtiL|UMing)|BabelStone Han)",
+        "Arphic's Ming/Sung design: AR PL UMing and BabelStone Han are built from AR PL Mingti2L Big5 and SungtiL GB",
+    ),
+    (r"^(Klee One|LXGW WenKai)", "LXGW WenKai is derived from Fontworks' Klee One"),
+    (r"^(Motoya ?L ?(Cedar|Maru)|MMCedar)", "Motoya L Maruberi is the rounded cut of Motoya L Cedar"),
+    (r"^(KouzanBrushFont|AoyagiKouzan)", "the brush styles (kaisho, gyosho, sosho) of calligrapher Aoyagi Kouzan"),
+    (r"^Misaki", "Misaki Gothic 2nd is a revision of the Misaki 8-px design"),
+    (r"^YOz", "YOzFont: one handwriting design in a regular and a bold weight, under ~50 family names"),
+    (r"^kiloji", "kiloji, kiloji - B, kiloji - D: weights of one handwriting design"),
 )
 
 _TABLE_VERSION = 1  # bump when the table's filters or grouping change, so old caches are not reused
@@ -281,24 +289,24 @@ def consensus_score(chars: list[np.ndarray], images: list[np.ndarray], group: np
     num_groups = int(group.max()) + 1
     sums = np.zeros((num_groups, num_chars, 256), np.float32)
     counts = np.zeros((num_groups, num_chars), np.int64)
-    small = [_small(x) for x in images]
-    for g, c, x in zip(group, chars, small):
-        sums[g, c] += x
+    for g, c, x in zip(group, chars, images):
+        sums[g, c] += _small(x)
         counts[g, c] += 1
     means = sums / np.maximum(counts, 1)[..., None]
     total, present = means.sum(axis=0), (counts > 0).sum(axis=0)
     rng = np.random.default_rng(0)
     scores = np.ones(len(chars))  # a face with nothing to compare with keeps 1: no evidence against it
-    for f, (g, c, x) in enumerate(zip(group, chars, small)):
+    for f, (g, c, x) in enumerate(zip(group, chars, images)):
         others = present[c] - (counts[g, c] > 0)
         usable = np.flatnonzero(others > 0)
         if len(usable) < 2:
             continue
         pick = np.sort(rng.choice(usable, min(CONSENSUS_SAMPLE, len(usable)), replace=False))
+        x = _small(x[pick])
         consensus = (total[c[pick]] - means[g, c[pick]]) / others[pick][:, None]
         consensus -= consensus.mean(axis=1, keepdims=True)
         consensus /= np.maximum(np.linalg.norm(consensus, axis=1, keepdims=True), 1e-6)
-        similarity = x[pick] @ consensus.T
+        similarity = x @ consensus.T
         own = np.diag(similarity)
         scores[f] = float(np.mean((similarity < own[:, None]).sum(axis=1) / (len(pick) - 1)))
     return scores
@@ -421,9 +429,10 @@ def design_groups(faces: list[HanFace], same: np.ndarray, common: np.ndarray) ->
     fraction = same / np.maximum(common, 1)
     for i, j in zip(*np.nonzero(np.triu((fraction >= SAME_DESIGN_FRACTION) & (common >= SAME_DESIGN_MIN_COMMON), 1))):
         join(int(i), int(j))
-    for a, b, _ in SAME_DESIGN_FALLBACK:
-        if a in by_key and b in by_key:
-            join(by_key[a], by_key[b])
+    for pattern, _ in SAME_DESIGN_FALLBACK:
+        matching = [i for i, face in enumerate(faces) if re.match(pattern, face.family)]
+        for i in matching[1:]:
+            join(matching[0], i)
     roots = sorted({root(i) for i in range(len(faces))})
     group = np.array([roots.index(root(i)) for i in range(len(faces))], np.int64)
     names = []

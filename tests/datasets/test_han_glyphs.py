@@ -282,6 +282,8 @@ def test_default_folders_come_from_the_environment(tiny_fonts, tmp_path, monkeyp
         ({"image_size": "32"}, TypeError, "image_size must be an int"),
         ({"seed": "0"}, TypeError, "seed must be an int"),
         ({"seed": 1.0}, TypeError, "seed must be an int"),
+        ({"seed": -1}, ValueError, "seed must be >= 0"),
+        ({"images_per_class": True}, TypeError, "images_per_class must be an int"),
         ({"split": "val"}, ValueError, "split must be one of"),
         ({"transform": "resize"}, TypeError, "transform must be callable"),
         ({"font_dir": 3}, TypeError, "font_dir must be a folder path"),
