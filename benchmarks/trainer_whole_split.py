@@ -1,10 +1,11 @@
 """One MemoryEfficientTrainer epoch with the whole training split as a single batch, against batches of 1,024.
 
-Data: the training split of ``HanGlyphs`` (32 px, 8 images per class: about 1,400 classes) when its fonts are
-installed (``bash benchmarks/fetch_han_fonts.sh``), else (``--data random``, or when they are missing) random
-grayscale images of the same count and size, classes as noisy copies of a prototype. Model:
-``SmallConvNet(embedding_size=128, in_channels=1)`` with BatchNorm frozen, Adam, ``RecallKSurrogateLoss()``
-(default temperatures; ``path="auto"``, i.e. dense, at B = 1,024), chunks of ``--chunk`` images in the gradient cache.
+Data: the training split of ``HanGlyphs`` (32 px, 8 images per class: 1,750 classes, 14,000 images with the
+Debian fonts) when its fonts are installed (``bash benchmarks/fetch_han_fonts.sh DIR``), else (``--data random``,
+or when they are missing) random grayscale images of the same count and size, classes as noisy copies of a
+prototype. Model: ``SmallConvNet(embedding_size=128, in_channels=1)`` with BatchNorm frozen, Adam,
+``RecallKSurrogateLoss()`` (default temperatures; ``path="auto"``, i.e. dense, at B = 1,024), chunks of
+``--chunk`` images in the gradient cache.
 
 Configurations, each in a fresh process (peak memory is its own):
 
@@ -16,7 +17,7 @@ Measured: the epoch's CPU time of the main thread with one torch thread (``time.
 shared, wall time is reported too), and the peak resident memory during the epoch minus the resident memory
 before it (dataset, model and trainer built), sampled every millisecond.
 
-    python benchmarks/trainer_whole_split.py --threads 1                  # writes benchmarks/results/...
+    python benchmarks/trainer_whole_split.py --threads 1 --font-dir DIR   # writes benchmarks/results/...
     python benchmarks/trainer_whole_split.py --data random --classes 64   # quick check
 """
 
@@ -41,7 +42,10 @@ IMAGES_PER_CLASS, IMAGE_SIZE = 8, 32
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", choices=("auto", "han", "random"), default="auto")
-    parser.add_argument("--classes", type=int, default=1400, help="random data: number of classes")
+    parser.add_argument("--classes", type=int, default=1750, help="random data: number of classes")
+    parser.add_argument("--font-dir", help="HanGlyphs' font folder (default: its own default)")
+    parser.add_argument("--cache-dir", help="HanGlyphs' render cache (default: its own default)")
+    parser.add_argument("--data-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--chunk", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--configurations", nargs="+", choices=CONFIGURATIONS, default=list(CONFIGURATIONS))
@@ -59,7 +63,13 @@ def load_split(args):
         try:
             from pml_recallk.datasets import HanGlyphs
 
-            train = HanGlyphs("train", image_size=IMAGE_SIZE, images_per_class=IMAGES_PER_CLASS, num_workers=1)
+            train = HanGlyphs(
+                "train",
+                font_dir=args.font_dir,
+                cache_dir=args.cache_dir,
+                image_size=IMAGE_SIZE,
+                images_per_class=IMAGES_PER_CLASS,
+            )
             images = torch.from_numpy(np.asarray(train.images)).float().div_(255).unsqueeze(1)
             return images, torch.as_tensor(train.labels), f"HanGlyphs train split ({train.num_classes} classes)"
         except (OSError, ValueError, ImportError) as error:
@@ -83,7 +93,8 @@ def worker(args) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    images, labels, description = load_split(args)
+    # The split is built once by the parent process (HanGlyphs takes minutes to load) and read here.
+    images, labels, description = torch.load(args.data_file)
     dataset = torch.utils.data.TensorDataset(images, labels)
     whole = args.worker != "batch_1024"
     batch = len(dataset) if whole else 1024
@@ -131,9 +142,15 @@ def main(argv=None) -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
+    import tempfile
+
+    import torch
+
+    data_file = Path(tempfile.mkdtemp()) / "split.pt"
+    torch.save(load_split(args), data_file)
     rows = []
     for name in args.configurations:
-        command = [sys.executable, __file__, "--worker", name, "--data", args.data, "--classes", str(args.classes)]
+        command = [sys.executable, __file__, "--worker", name, "--data-file", str(data_file)]
         command += ["--chunk", str(args.chunk), "--threads", str(args.threads)]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
@@ -141,6 +158,7 @@ def main(argv=None) -> None:
         else:
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
+    data_file.unlink()
     write_report(rows, args, " ".join(["python", *sys.argv]))
 
 
