@@ -236,8 +236,8 @@ def main(argv=None) -> None:
     parser.add_argument("--paths", action="store_true", help="compare RecallKSurrogateLoss's dense/tiled/fused paths")
     parser.add_argument("--dense-max", type=int, default=20000, help="--paths: largest B the dense path runs at")
     parser.add_argument("--floor-max", type=int, default=None, help="--paths: largest B the floor runs at")
-    parser.add_argument("--methods", nargs="+", default=list(PATH_METHODS), help="--paths: the methods to run")
-    parser.add_argument("--reuse", help="--paths: JSON of an earlier run whose rows stand in for methods not run")
+    parser.add_argument("--methods", nargs="*", default=list(PATH_METHODS), help="--paths: the methods to run")
+    parser.add_argument("--reuse", nargs="*", default=[], help="--paths: JSONs of earlier runs whose rows stand in")
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.device, args.repeats, args.threads)))
@@ -336,12 +336,12 @@ def write_report(rows, simix_rows, args, command) -> None:
 
 def compare_paths(args, command) -> None:
     """Dense vs tiled (vs fused on CUDA) vs the tiled floor at each B; one repetition above 20,000. With ``--reuse``,
-    the rows of the methods not in ``--methods`` come from that earlier run's JSON."""
-    rows, earlier = [], {}
-    if args.reuse:
-        previous = json.loads(Path(args.reuse).read_text())
-        earlier = {(r["method"], r["batch"]): r for r in previous["paths"]}
-        args.reused_command = previous["command"]
+    the rows of the methods not in ``--methods`` come from those earlier runs' JSON."""
+    rows, earlier, args.reused_commands = [], {}, []
+    for path in args.reuse:
+        previous = json.loads(Path(path).read_text())
+        earlier.update({(r["method"], r["batch"]): {**r, "command": previous["command"]} for r in previous["paths"]})
+        args.reused_commands.append(previous["command"])
     for batch in args.sizes:
         for method in PATH_METHODS:
             skip = _path_skip_reason(method, batch, args)
@@ -371,8 +371,13 @@ def write_paths_report(rows, args, command) -> None:
         return next(r for r in rows if r["method"] == method and r["batch"] == batch)
 
     lines = report_header("RS@k: dense vs tiled path, one forward + backward", args, command)
-    if getattr(args, "reused_command", None):
-        lines[3:3] = ["", f"Rows of the methods not in `--methods` come from the earlier run `{args.reused_command}`."]
+    if getattr(args, "reused_commands", None):
+        runs = "; ".join(f"`{c}`" for c in args.reused_commands)
+        lines[3:3] = [
+            "",
+            f"Rows of the methods not in `--methods` come from the earlier runs {runs} (each row's "
+            "command is in the JSON).",
+        ]
     lines[-1] += (
         "d = 512, 4 samples per class (P = 3), default temperatures and chunk sizes. "
         "Extra memory = peak resident (CPU) or allocated (CUDA) memory during the call minus memory before it "
