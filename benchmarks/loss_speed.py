@@ -345,8 +345,10 @@ def compare_paths(args, command) -> None:
     for batch in args.sizes:
         for method in PATH_METHODS:
             skip = _path_skip_reason(method, batch, args)
-            if method not in args.methods and (method, batch) in earlier:
-                rows.append(earlier[(method, batch)])
+            if method not in args.methods:
+                skip = None if (method, batch) in earlier else "not run (not in --methods)"
+                rows.append(earlier.get((method, batch)) or {"method": method, "batch": batch, "note": skip})
+                rows[-1] = {"seconds": None, "extra_mb": None, **rows[-1]}
             elif skip:
                 rows.append({"method": method, "batch": batch, "seconds": None, "extra_mb": None, "note": skip})
             else:
