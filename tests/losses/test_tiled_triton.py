@@ -112,3 +112,17 @@ def test_fused_path_on_cpu_without_the_interpreter_says_what_to_do():
     loss_fn = RecallKSurrogateLoss(path="fused")
     with pytest.raises(ValueError, match="path='tiled'"):
         loss_fn(torch.randn(8, 3), torch.arange(4).repeat(2))
+
+
+@needs_kernels
+def test_the_prepared_gpu_check_of_the_paths_runs_and_agrees():
+    """benchmarks/gpu_loss_check.py's path comparison, here on small sizes (the GPU session runs it at B = 1000)."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "benchmarks" / "gpu_loss_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_loss_check", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.check_paths(DEVICE, batch=24)
+    assert len(results) == 12 and all(r["ok"] for r in results.values()), results
