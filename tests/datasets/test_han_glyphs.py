@@ -219,9 +219,9 @@ def test_seed_decides_the_split(font_dir, cache_dir, splits):
 
 @pytest.fixture
 def tiny_fonts(tmp_path) -> Path:
-    """Three copied faces (so that touching one changes nothing shared) and the Unihan file."""
-    files = {k: TEST_FILES[k] for k in ("fonts-arphic-gbsn00lp", "fonts-ipafont-gothic", "unicode-data")}
-    files["fonts-horai-umefont"] = ["ume-tmo3.ttf"]
+    """Three small copied faces (so that touching one changes nothing shared) and the Unihan file."""
+    names = ("fonts-sawarabi-mincho", "fonts-ipafont-gothic", "fonts-motoya-l-cedar", "unicode-data")
+    files = {k: TEST_FILES[k] for k in names}
     return _link_files(_small_set(), tmp_path / "fonts", files, copy=True)
 
 
@@ -242,7 +242,7 @@ def render_calls(monkeypatch) -> list[str]:
 def test_cache_is_reused_and_invalidated(tiny_fonts, tmp_path, render_calls, monkeypatch):
     cache = tmp_path / "cache"
     first = HanGlyphs("train", font_dir=tiny_fonts, cache_dir=cache, num_workers=1)
-    assert sorted(render_calls) == ["gbsn00lp.ttf", "ipag.ttf", "ume-tmo3.ttf"]
+    assert sorted(render_calls) == ["MTLc3m.ttf", "ipag.ttf", "sawarabi-mincho-medium.ttf"]
     han_table_module._LAST_TABLE.clear()
     again = HanGlyphs("train", font_dir=tiny_fonts, cache_dir=cache, num_workers=1, seed=3, images_per_class=2)
     assert len(render_calls) == 3  # another seed and cap: read from the cache
@@ -263,11 +263,14 @@ def test_cache_is_reused_and_invalidated(tiny_fonts, tmp_path, render_calls, mon
     assert len(render_calls) == 7 and big.images.shape[1:] == (48, 48) and big[0][0].size == (48, 48)
 
 
-def test_default_folders_come_from_the_environment(tiny_fonts, tmp_path, monkeypatch):
-    monkeypatch.setenv("PML_RECALLK_HAN_FONTS", str(tiny_fonts))
+def test_default_folders_come_from_the_environment(font_dir, cache_dir, splits, tmp_path, monkeypatch, render_calls):
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "han-glyphs").symlink_to(cache_dir)
+    monkeypatch.setenv("PML_RECALLK_HAN_FONTS", str(font_dir))
     monkeypatch.setenv("PML_RECALLK_CACHE", str(tmp_path / "cache"))
-    data = HanGlyphs("train", num_workers=1)
-    assert data.font_dir == tiny_fonts and list((tmp_path / "cache" / "han-glyphs").glob("table-32px-*.npz"))
+    data = HanGlyphs("test")
+    assert data.font_dir == font_dir and not render_calls  # read from the session's cache, through the link
+    assert np.array_equal(data.images, splits["test"].images)
 
 
 # --- bad input ---
