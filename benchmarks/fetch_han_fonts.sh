@@ -74,8 +74,8 @@ declare -A seen=()
 fetched=0
 skipped=0
 fetch() {
-  local package="$1" version deb stamp deps
-  version="$(apt-cache show --no-all-versions "$package" 2>/dev/null | awk '/^Version:/{print $2; exit}')"
+  local package="$1" version deb stamp deps fonts
+  version="$(apt-cache show --no-all-versions "$package" 2>/dev/null | awk '/^Version:/{print $2; exit}' || true)"
   if [ -z "$version" ]; then
     echo "warning: package $package is not available in this release; skipping it" >&2
     skipped=$((skipped + 1))
@@ -99,7 +99,9 @@ fetch() {
     echo "got  $package $version"
     fetched=$((fetched + 1))
   fi
-  if [ "$package" != unicode-data ] && ! find -L "$dest/pkgs/$package" -type f | grep -qiE "$font_pattern"; then
+  # Count rather than `grep -q`: an early exit of grep would fail `find` with SIGPIPE under pipefail.
+  fonts=$(find -L "$dest/pkgs/$package" -type f | grep -ciE "$font_pattern" || true)
+  if [ "$package" != unicode-data ] && [ "$fonts" -eq 0 ]; then
     deps="$(apt-cache show --no-all-versions "$package" | awk -F': ' '/^Depends:/{print $2; exit}' \
       | tr ',|' '\n\n' | awk '{print $1}' | grep '^fonts-' || true)"
     echo "     $package has no font files (a metapackage): fetching ${deps//$'\n'/ }"
