@@ -66,7 +66,9 @@ SAME_DESIGN_FALLBACK: tuple[tuple[str, str], ...] = (
 )
 
 _TABLE_VERSION = 1  # bump when the table's filters or grouping change, so old caches are not reused
-_RENDER_VERSION = 1  # bump when rendering changes
+# Bump when rendering or a per-render filter changes (han_fonts' CANVAS, FONT_SIZE, BASELINE, MARGIN, INK_LEVEL,
+# FAILED_FACE_ATTEMPTS, fonts.is_blank): it is in the key of every per-face cache file.
+_RENDER_VERSION = 1
 
 
 @dataclass
@@ -156,7 +158,14 @@ def han_table(font_dir: Path, image_size: int, cache_dir: Path, num_workers: int
         "image_size": image_size,
         "characters": hashlib.sha256(characters.encode()).hexdigest(),
         "fonts": signatures,
-        "thresholds": [DUPLICATE_L1, SAME_DESIGN_FRACTION, SAME_DESIGN_MIN_COMMON, MIN_CONSENSUS_SCORE],
+        "thresholds": [
+            MIN_HAN_COVERAGE,
+            DUPLICATE_L1,
+            SAME_DESIGN_FRACTION,
+            SAME_DESIGN_MIN_COMMON,
+            CONSENSUS_SAMPLE,
+            MIN_CONSENSUS_SCORE,
+        ],
         "fallback": SAME_DESIGN_FALLBACK,
     }
     path = cache_dir / f"table-{image_size}px-{_digest(key)}.npz"
