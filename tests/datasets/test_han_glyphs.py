@@ -322,3 +322,12 @@ def test_protocol_attributes():
     assert HanGlyphs.splits == ("train", "test", "pretrain")
     assert HanGlyphs.recall_k_values == (1, 2, 4, 8, 16, 32)
     assert IMAGE_SIZES == (32, 48)
+
+
+@pytest.mark.parametrize("args", [[], ["--bogus", "x"], ["a", "b"]])
+def test_fetch_script_refuses_bad_arguments(args):
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "fetch_han_fonts.sh"
+    done = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "usage:" in done.stderr
