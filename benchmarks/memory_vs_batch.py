@@ -92,7 +92,8 @@ def load_data(args) -> tuple[IndexedImages, IndexedImages, str]:
 
 
 def configurations(args) -> dict[str, dict]:
-    configs = {f"batch_{args.batch}": {"batch": args.batch, "memory": 0}}
+    configs = {"untrained": {"batch": 0, "memory": 0}}  # the seeded initial network: what training adds
+    configs[f"batch_{args.batch}"] = {"batch": args.batch, "memory": 0}
     for memory in args.memories:
         configs[f"memory_{memory}"] = {"batch": args.batch, "memory": memory}
     configs[f"batch_{args.large_batch}"] = {"batch": args.large_batch, "memory": 0, "chunk": args.batch}
@@ -138,9 +139,11 @@ def run_one(name: str, config: dict, seed: int, train, test, described: str, arg
     c_f.NUMPY_RANDOM = np.random.default_rng(seed)  # MPerClassSampler's generator
     torch.manual_seed(seed)
     model = SmallConvNet(embedding_size=args.embedding_size, in_channels=1, width=args.width)
-    trainer = make_trainer(config, model, train, args)
-    start = time.perf_counter()
-    trainer.train(num_epochs=args.epochs)
+    start, steps = time.perf_counter(), 0
+    if config["batch"]:
+        trainer = make_trainer(config, model, train, args)
+        trainer.train(num_epochs=args.epochs)
+        steps = args.epochs * trainer.iterations_per_epoch
     train_seconds = time.perf_counter() - start
     accuracy = evaluate(model, test)
     return {
@@ -148,7 +151,7 @@ def run_one(name: str, config: dict, seed: int, train, test, described: str, arg
         "seed": seed,
         **config,
         "epochs": args.epochs,
-        "steps": args.epochs * trainer.iterations_per_epoch,
+        "steps": steps,
         "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds / args.epochs,
         "accuracy": accuracy,
@@ -212,8 +215,8 @@ def summarise(runs: list[dict]) -> list[dict]:
 
 
 def relative_to_large_batch(rows: list[dict], large: str) -> dict[str, dict]:
-    """Per configuration: its R@1 and MAP@R as a fraction of the large batch's, the difference in points, and its
-    training time per epoch as a fraction of the large batch's."""
+    """Per configuration: its R@1 and MAP@R as a fraction of the large batch's and as a difference in points, and
+    its training time per epoch as a fraction of the large batch's."""
     by_name = {row["config"]: row for row in rows}
     if large not in by_name:
         return {}
@@ -224,6 +227,7 @@ def relative_to_large_batch(rows: list[dict], large: str) -> dict[str, dict]:
             "r1_minus_large_batch": row["recall_at_1"][0] - top["recall_at_1"][0],
             "map_at_r_fraction_of_large_batch": row["mean_average_precision_at_r"][0]
             / top["mean_average_precision_at_r"][0],
+            "map_at_r_minus_large_batch": row["mean_average_precision_at_r"][0] - top["mean_average_precision_at_r"][0],
             "time_fraction_of_large_batch": row["seconds_per_epoch"][0] / top["seconds_per_epoch"][0],
         }
         for row in rows
@@ -238,7 +242,7 @@ def markdown(rows: list[dict], relative: dict, runs: list[dict]) -> str:
         "Made with:",
         "",
         "```bash",
-        f"nohup nice -n 10 {first['command']} > /tmp/memory_vs_batch.log 2>&1 &",
+        *[f"OMP_NUM_THREADS=1 nice -n 10 {command}" for command in dict.fromkeys(r["command"] for r in runs)],
         "python benchmarks/memory_vs_batch.py report",
         "```",
         "",
@@ -251,10 +255,11 @@ def markdown(rows: list[dict], relative: dict, runs: list[dict]) -> str:
         f"Adam, MPerClassSampler m = 4, {first['epochs']} epochs (one epoch = one pass over the training images), "
         "RS@k with its defaults, tested once at the end (leave-one-out on the test split).",
         "",
-        "Test split, in %: mean ± sample std over the seeds. Time: training only, per epoch.",
+        "Test split, in %: mean ± sample std over the seeds (the same seed gives every configuration the same initial "
+        "network). Time: training only, per epoch. Δ: points above (+) or below (−) the largest batch.",
         "",
-        "| configuration | batch | memory | steps | R@1 | R@2 | R@4 | R@8 | R@16 | MAP@R | s / epoch | R@1 vs large "
-        "batch | MAP@R vs large batch | time vs large batch | seeds |",
+        "| configuration | batch | memory | steps | R@1 | R@2 | R@4 | R@8 | R@16 | MAP@R | s / epoch | Δ R@1 vs large "
+        "batch | Δ MAP@R vs large batch | time vs large batch | seeds |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
@@ -263,12 +268,11 @@ def markdown(rows: list[dict], relative: dict, runs: list[dict]) -> str:
         cells += [f"{row[m][0]:.2f} ± {row[m][1]:.2f}" for m in ("recall_at_8", "recall_at_16")]
         cells.append(f"{row['mean_average_precision_at_r'][0]:.2f} ± {row['mean_average_precision_at_r'][1]:.2f}")
         lines.append(
-            f"| {row['config']} | {row['batch']} | {row['memory'] or '–'} | {row['steps']} | "
+            f"| {row['config']} | {row['batch'] or '–'} | {row['memory'] or '–'} | {row['steps']} | "
             + " | ".join(cells)
             + f" | {row['seconds_per_epoch'][0]:.1f} ± {row['seconds_per_epoch'][1]:.1f}"
-            + f" | {100 * rel.get('r1_fraction_of_large_batch', math.nan):.1f} %"
-            + f" ({rel.get('r1_minus_large_batch', math.nan):+.2f})"
-            + f" | {100 * rel.get('map_at_r_fraction_of_large_batch', math.nan):.1f} %"
+            + f" | {rel.get('r1_minus_large_batch', math.nan):+.2f}"
+            + f" | {rel.get('map_at_r_minus_large_batch', math.nan):+.2f}"
             + f" | {rel.get('time_fraction_of_large_batch', math.nan):.2f}× | {row['seeds']} |"
         )
     return "\n".join(lines) + "\n"
@@ -283,7 +287,8 @@ def plot(rows: list[dict], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(6.4, 4.2))
     for row in rows:
         (x, x_err), (y, y_err) = row["seconds_per_epoch"], row["recall_at_1"]
-        marker = "s" if row["memory"] else ("o" if row["batch"] == rows[0]["batch"] else "D")
+        largest = row["batch"] == max(r["batch"] for r in rows)
+        marker = "x" if not row["batch"] else "s" if row["memory"] else "D" if largest else "o"
         axis.errorbar(x, y, xerr=x_err, yerr=y_err, fmt=marker, capsize=3, label=row["config"])
     axis.set_xlabel("training time per epoch (s, CPU)")
     axis.set_ylabel("test Recall@1 (%)")
