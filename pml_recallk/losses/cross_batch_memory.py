@@ -246,7 +246,7 @@ class CrossBatchMemory(pml_losses.CrossBatchMemory):
         """Per-query weights from the miner's and the caller's tuples (anchors only), or None (all ones)."""
         anchors = []
         if self.miner is not None:
-            mined = self.miner(queries, query_labels, memory, memory_labels)
+            mined = self.miner(float_embeddings(queries), query_labels, memory, memory_labels)
             if queries_enqueued:
                 mined = lmu.remove_self_comparisons(mined, self.curr_batch_idx, self.memory_size)
             anchors.append(lmu.get_anchors(mined))

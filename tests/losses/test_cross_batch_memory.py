@@ -231,6 +231,15 @@ def test_enqueue_mask_with_nothing_enqueued_leaves_the_memory_as_it_was(device):
     torch.testing.assert_close(memory.embedding_memory, before)
 
 
+def test_enqueue_mask_with_every_row_enqueued_has_no_query(device):
+    memory = CrossBatchMemory(loss=rsk(), embedding_size=3, memory_size=10)
+    emb, labels, _ = make_batch(4, 3, num_classes=2, num_ids=4, seed=1, dtype=torch.float64, device=device)
+    loss = memory(emb, labels, enqueue_mask=torch.ones(4, dtype=torch.bool, device=device))
+    loss.backward()
+    assert loss.item() == 0.0 and memory.queue_idx == 4
+    torch.testing.assert_close(memory.embedding_memory[:4], emb.detach())
+
+
 def simix_reference(queue, queries, labels, step, alpha, pairs):
     """Virtual items v = α·ê_i + (1−α)·ê_j built from the batch's live embeddings (docs/method.md §3), not
     re-normalised, appended to the reference set; query q's database leaves out its own entry and every virtual
