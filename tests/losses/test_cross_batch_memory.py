@@ -417,7 +417,7 @@ def test_pml_losses_give_the_numbers_of_pml_cross_batch_memory(name, use_miner, 
 def test_imports_and_recorded_hyper_parameters():
     assert pml_recallk.CrossBatchMemory is pml_recallk.losses.CrossBatchMemory is CrossBatchMemory
     memory = CrossBatchMemory(loss=rsk(), embedding_size=3, memory_size=64)
-    assert {"embedding_size", "memory_size", "queue_idx"} <= set(memory._record_these)
+    assert {"embedding_size", "memory_size", "queue_idx", "detach_batch"} <= set(memory._record_these)
 
 
 def test_state_dict_round_trip_keeps_the_queue_and_its_ids(device):
