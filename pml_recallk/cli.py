@@ -141,13 +141,19 @@ def _default_output_dir(dataset: str) -> Path:
     return path
 
 
+_METRIC_TITLES = {"mean_average_precision_at_r": "MAP@R"}
+
+
 def _metric_table(columns: Mapping[str, Mapping[str, float]]) -> str:
-    """Recall@k as a text table: one row per k, one column per entry of ``columns``."""
-    names = sorted(next(iter(columns.values())), key=lambda name: int(name.rsplit("_", 1)[-1]))
+    """Recall@k (one row per k, in order of k) then any other metric (MAP@R), one column per entry of ``columns``."""
+    names = list(next(iter(columns.values())))
+    recall = sorted((n for n in names if n.startswith("recall_at_")), key=lambda n: int(n.rsplit("_", 1)[-1]))
+    others = sorted(n for n in names if not n.startswith("recall_at_"))
+    titles = {n: "Recall@" + n.rsplit("_", 1)[-1] for n in recall} | {n: _METRIC_TITLES.get(n, n) for n in others}
     header = f"{'':<10}" + "".join(f"{title:>12}" for title in columns)
     rows = [
-        f"{'Recall@' + name.rsplit('_', 1)[-1]:<10}" + "".join(f"{values[name]:>12.4f}" for values in columns.values())
-        for name in names
+        f"{titles[name]:<10}" + "".join(f"{values[name]:>12.4f}" for values in columns.values())
+        for name in recall + others
     ]
     return "\n".join([header, *rows])
 

@@ -311,3 +311,12 @@ def test_vehicleid_recipe_reports_each_test_list(tmp_path, capsys):
         for split in splits:
             assert set(results[which][split]) == {"recall_at_1", "recall_at_5"}
     assert all(f"{split}:" in stdout for split in splits)
+
+
+def test_metric_table_orders_recall_by_k_and_names_map_at_r():
+    from pml_recallk.cli import _metric_table
+
+    metrics = {"recall_at_16": 0.9, "mean_average_precision_at_r": 0.5, "recall_at_2": 0.7, "recall_at_1": 0.6}
+    lines = _metric_table({"untrained": metrics, "trained": metrics}).splitlines()
+    assert [line.split()[0] for line in lines[1:]] == ["Recall@1", "Recall@2", "Recall@16", "MAP@R"]
+    assert lines[-1].split()[1:] == ["0.5000", "0.5000"]
