@@ -266,6 +266,10 @@ def ratio(a, b):
     return None if a is None or b is None else a / b
 
 
+def times(x) -> str:
+    return "—" if x is None else f"{x:.2f}×"
+
+
 def report_header(title: str, args, command: str) -> list[str]:
     return [
         f"# {title}",
@@ -340,13 +344,14 @@ def compare_paths(args, command) -> None:
     rows, earlier, args.reused_commands = [], {}, []
     for path in args.reuse:
         previous = json.loads(Path(path).read_text())
-        earlier.update({(r["method"], r["batch"]): {**r, "command": previous["command"]} for r in previous["paths"]})
+        measured = [r for r in previous["paths"] if r.get("seconds") is not None]
+        earlier.update({(r["method"], r["batch"]): {**r, "command": previous["command"]} for r in measured})
         args.reused_commands.append(previous["command"])
     for batch in args.sizes:
         for method in PATH_METHODS:
             skip = _path_skip_reason(method, batch, args)
             if method not in args.methods:
-                skip = None if (method, batch) in earlier else "not run (not in --methods)"
+                skip = None if (method, batch) in earlier else skip or "not run (not in --methods)"
                 rows.append(earlier.get((method, batch)) or {"method": method, "batch": batch, "note": skip})
                 rows[-1] = {"seconds": None, "extra_mb": None, **rows[-1]}
             elif skip:
@@ -364,7 +369,7 @@ def _path_skip_reason(method: str, batch: int, args) -> str | None:
     if method == "dense" and batch > args.dense_max:
         return f"B×B similarities and gradient: {2 * 4 * batch * batch / 2**30:.0f} GiB"
     if method == "floor_tiled" and args.floor_max is not None and batch > args.floor_max:
-        return "not run (time)"
+        return "not run (CPU time, about that of the tiled path)"
     return None
 
 
@@ -398,8 +403,8 @@ def write_paths_report(rows, args, command) -> None:
         d, t, f, fl = ({**r, "seconds": r.get(key)} for r in (get(m, batch) for m in PATH_METHODS))
         lines.append(
             f"| {batch} | {fmt(d['seconds'], '.3f')} | {fmt(t['seconds'], '.3f')} | {fmt(f['seconds'], '.3f')} "
-            f"| {fmt(fl['seconds'], '.3f')} | {fmt(ratio(t['seconds'], d['seconds']), '.2f')}× "
-            f"| {fmt(ratio(f['seconds'], fl['seconds']), '.2f')}× | {fmt(ratio(t['seconds'], fl['seconds']), '.2f')}× "
+            f"| {fmt(fl['seconds'], '.3f')} | {times(ratio(t['seconds'], d['seconds']))} "
+            f"| {times(ratio(f['seconds'], fl['seconds']))} | {times(ratio(t['seconds'], fl['seconds']))} "
             f"| {fmt(d['extra_mb'], '.0f')} | {fmt(t['extra_mb'], '.0f')} | {fmt(f['extra_mb'], '.0f')} |"
         )
     notes = [r for r in rows if r.get("note")]
