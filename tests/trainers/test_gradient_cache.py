@@ -347,7 +347,8 @@ def test_a_nonfinite_loss_stops_without_writing_gradients(bad_value, make_cnn, i
 def test_a_nonfinite_loss_is_returned_when_not_stopping(make_cnn, image_batch):
     model = make_cnn()
     inputs, labels = image_batch()
-    loss = cached_backward(model, inputs, labels, lambda e, y: e.sum() * float("nan"), 4, stop_on_nan=False)
+    with pytest.warns(pml_recallk.trainers.gradient_cache.NonFiniteStepWarning, match="the loss is nan"):
+        loss = cached_backward(model, inputs, labels, lambda e, y: e.sum() * float("nan"), 4, stop_on_nan=False)
     assert torch.isnan(loss)
     assert all(p.grad is None for p in model.parameters())
 
