@@ -171,11 +171,6 @@ def mix_embeddings(
     return a * embeddings[first] + (1 - a) * embeddings[second]
 
 
-def mix_columns(sim: torch.Tensor, first: torch.Tensor, second: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """s(q, v) = α·s(q, i) + (1−α)·s(q, j) for every row q and virtual item v = (i, j, α): (rows, V)."""
-    return sim[:, first] * alpha + sim[:, second] * (1 - alpha)
-
-
 def same_class_pairs(labels: torch.Tensor, max_pairs_per_class: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """All unordered pairs (i < j) of batch items with the same label, or a random subset of at most
     ``max_pairs_per_class`` per class. Returns the index tensors (first, second)."""
