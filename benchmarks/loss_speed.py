@@ -363,6 +363,29 @@ def compare_paths(args, command) -> None:
     write_paths_report(rows, args, command)
 
 
+def plot_paths(rows, key: str, path: Path) -> None:
+    """Time and extra memory against B for each path, log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    for method in PATH_METHODS:
+        points = sorted((r["batch"], r.get(key), r["extra_mb"]) for r in rows if r["method"] == method and r.get(key))
+        if points:
+            batches, seconds, memory = zip(*points)
+            time_axis.plot(batches, seconds, "o-", label=method)
+            memory_axis.plot(batches, memory, "o-", label=method)
+    for axis, label in ((time_axis, "forward + backward, s"), (memory_axis, "extra memory, MB")):
+        axis.set(xscale="log", yscale="log", xlabel="B (batch = database)", ylabel=label)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def _path_skip_reason(method: str, batch: int, args) -> str | None:
     if method == "fused" and args.device != "cuda":
         return "Triton kernels need CUDA"
@@ -410,7 +433,9 @@ def write_paths_report(rows, args, command) -> None:
     notes = [r for r in rows if r.get("note")]
     if notes:
         lines += ["", "Not measured: " + "; ".join(f"{r['method']} B={r['batch']}: {r['note']}" for r in notes)]
+    lines += ["", f"![time and memory against B]({Path(args.out).with_suffix('.png').name})"]
     write_outputs(args.out, lines, {"command": command, "paths": rows})
+    plot_paths(rows, key, Path(args.out).with_suffix(".png"))
 
 
 if __name__ == "__main__":
