@@ -5,10 +5,10 @@ RS@k's gradient for a positive of soft rank r̃ is about σ'((k − r̃)/τ_k)/�
 of the gradient it would get inside the top k. This script trains the small CNN from random weights on the Han
 training characters with RS@k at several (batch, rank temperature, learning rate) settings and records, at every
 step, the loss, the fraction of the batch's queries that are out of reach (exact ranks), the mean pairwise cosine of
-the batch (1 = every embedding the same), the norm of ∂L/∂embeddings, and every ``--val-every`` steps the
+the batch (1 = every embedding the same), the norm of ∂L/∂embeddings, and at ``--validations`` points the
 validation Recall@1 (characters held out of the training split; the test split is never touched).
 
-    python benchmarks/rsk_collapse.py --steps 120 --configs 1024:0.05:1e-3 1024:0.01:1e-3 256:0.05:1e-3
+    python benchmarks/rsk_collapse.py --configs 4096:0.01:1e-3:15 1024:0.05:1e-3:60 1024:0.01:1e-3:60 4096:0.01:1e-4:15
 
 Each configuration writes ``benchmarks/results/rsk_collapse/<config>.json`` atomically (a finished one is skipped);
 ``--report`` draws ``rsk_collapse.png`` and ``rsk_collapse.md`` from them.
@@ -60,7 +60,7 @@ def validation_recall_at_1(model, dataset) -> float:
     return float(calculator.get_accuracy(e, y, e, y, ref_includes_query=True)["recall_at_1"])
 
 
-def run_config(batch: int, rank_temperature: float, lr: float, args, train, val) -> dict:
+def run_config(batch: int, rank_temperature: float, lr: float, steps: int, args, train, val) -> dict:
     random.seed(args.seed)
     np.random.seed(args.seed)  # noqa: NPY002 - PML's MPerClassSampler draws from numpy's global generator
     torch.manual_seed(args.seed)
@@ -68,7 +68,7 @@ def run_config(batch: int, rank_temperature: float, lr: float, args, train, val)
     loss_fn = RecallKSurrogateLoss(rank_temperature=rank_temperature)
     reach = max(loss_fn.k_values) + 10 * float(np.max(loss_fn.k_temperature))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    sampler = MPerClassSampler(train.labels, m=4, batch_size=batch, length_before_new_iter=args.steps * batch)
+    sampler = MPerClassSampler(train.labels, m=4, batch_size=batch, length_before_new_iter=steps * batch)
     transform = train_transform(32, channels=1, flip=False, scale=(0.8, 1.0))
     loader = DataLoader(_Transformed(train, transform), batch_size=batch, sampler=sampler, drop_last=True)
     log = {"step": [], "loss": [], "out_of_reach": [], "mean_cos": [], "grad_norm": [], "val": []}
@@ -90,7 +90,7 @@ def run_config(batch: int, rank_temperature: float, lr: float, args, train, val)
         optimizer.zero_grad(set_to_none=True)
         log["step"].append(step)
         log["loss"].append(float(loss))
-        if step % args.val_every == 0 or step == args.steps:
+        if step % max(1, steps // args.validations) == 0 or step == steps:
             log["val"].append((step, validation_recall_at_1(model, val)))
             print(
                 f"  step {step}: loss {log['loss'][-1]:.4f}, out of reach {log['out_of_reach'][-1]:.2f}, "
@@ -151,9 +151,10 @@ def report() -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", default=["1024:0.05:1e-3", "1024:0.01:1e-3"], help="batch:tau:lr")
-    parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--val-every", type=int, default=20)
+    parser.add_argument(
+        "--configs", nargs="+", default=["4096:0.01:1e-3:15", "1024:0.05:1e-3:60"], help="batch:tau:lr:steps"
+    )
+    parser.add_argument("--validations", type=int, default=5, help="validation points per configuration")
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -164,13 +165,13 @@ def main(argv=None) -> int:
         full = datasets.HanGlyphs(split="train")
         train, val = datasets.class_disjoint_split(full, val_fraction=0.2, seed=0)
         for spec in args.configs:
-            batch, tau, lr = spec.split(":")
-            name = _name(int(batch), float(tau), float(lr))
+            batch, tau, lr, steps = spec.split(":")
+            name = _name(int(batch), float(tau), float(lr)) + f"_s{steps}"
             out = RESULTS / f"{name}.json"
             if out.exists():
                 continue
             print(name, file=sys.stderr, flush=True)
-            log = run_config(int(batch), float(tau), float(lr), args, train, val)
+            log = run_config(int(batch), float(tau), float(lr), int(steps), args, train, val)
             write_json_atomic({**log, "config": spec, "args": vars(args), "command": " ".join(sys.argv)}, out)
     report()
     return 0
