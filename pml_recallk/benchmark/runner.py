@@ -318,7 +318,9 @@ def _sweep_of(args: argparse.Namespace) -> tuple[Sweep, str | None]:
     seeds = args.seeds if args.seeds is not None else sweep.seeds
     budget = args.budget_images if args.budget_images is not None else sweep.budget_images
     # A new Sweep checks the command line's values too.
-    sweep = Sweep(sweep.config, arms, seeds, sweep.floors, budget, sweep.name, losses=losses)
+    selected = {arm.name for arm in arms}
+    references = [sweep.arm(arm.equal_steps) for arm in arms if arm.equal_steps and arm.equal_steps not in selected]
+    sweep = Sweep(sweep.config, arms, seeds, sweep.floors, budget, sweep.name, losses=losses, references=references)
     return sweep, file_output_dir
 
 

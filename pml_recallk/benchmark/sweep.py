@@ -109,6 +109,8 @@ class Sweep:
         losses: shorthand: one arm per loss, named after it, with ``batch_size`` as its ``data.batch_size`` (0:
             the base config's). The first runner's names ``rsk_large`` (at ``large_batch_size``, 0: every class,
             in chunks of ``chunk_size``) and ``rsk_simix`` still work this release, with a DeprecationWarning.
+        references: arms that are not run but that ``equal_steps`` may name (a subset of a sweep file's arms
+            keeps the arms its equal-steps arms refer to).
     """
 
     config: dict[str, dict[str, Any]]
@@ -117,6 +119,7 @@ class Sweep:
     floors: list[str] = field(default_factory=lambda: [UNTRAINED])
     budget_images: int = 0
     name: str = "benchmark"
+    references: list[Arm] = field(default_factory=list)
     losses: list[str] = field(default_factory=list)
     batch_size: int = 0
     large_batch_size: int = 0
@@ -141,7 +144,8 @@ class Sweep:
         if type(self.budget_images) is not int or self.budget_images < 0:
             raise ConfigError(f"sweep.budget_images must be a non-negative integer, got {self.budget_images!r}")
         for arm in self.arms:
-            if arm.equal_steps and (arm.equal_steps not in names or self.arm(arm.equal_steps).equal_steps):
+            known = names + [reference.name for reference in self.references]
+            if arm.equal_steps and (arm.equal_steps not in known or self.arm(arm.equal_steps).equal_steps):
                 raise ConfigError(f"arm {arm.name}: equal_steps must name another arm without equal_steps")
             self.arm_config(arm, self.seeds[0])  # every arm's config is checked before anything runs
 
@@ -163,7 +167,11 @@ class Sweep:
         return [arm.name for arm in self.arms]
 
     def arm(self, name: str) -> Arm:
-        return self.arms[self.names.index(name)]
+        """The arm (or the reference arm) called ``name``."""
+        for arm in self.arms + self.references:
+            if arm.name == name:
+                return arm
+        raise KeyError(f"the sweep has no arm {name!r}")
 
     def arm_config(self, arm: Arm, seed: int) -> dict[str, dict[str, Any]]:
         """The validated experiment config of ``arm`` with ``seed`` (MAP@R on: the report shows it)."""

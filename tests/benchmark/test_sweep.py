@@ -152,3 +152,16 @@ def test_run_one_still_works_with_a_deprecation_warning(config, datasets, tmp_pa
     with pytest.warns(DeprecationWarning, match="run_one is deprecated"):
         result = benchmark.run_one(sweep, "fastap", 0, datasets, tmp_path, log=quiet)
     assert result["spec"]["arm"] == "fastap" and (tmp_path / "result.json").is_file()
+
+
+def test_a_subset_of_arms_keeps_the_arm_its_equal_steps_arm_refers_to():
+    from pml_recallk.benchmark import runner
+
+    path = ROOT / "benchmarks" / "configs" / "sweep_han_glyphs_scratch.toml"
+    args = runner.build_parser().parse_args(["--sweep", str(path), "--arms", "rsk_b4096_equal_steps"])
+    sweep, _ = runner._sweep_of(args)
+    assert sweep.names == ["rsk_b4096_equal_steps"]  # only this arm runs ...
+    reference = sweep.arm("rsk_b256")  # ... but the arm it takes its steps from is known
+    assert sweep.arm_config(reference, 0)["data"]["batch_size"] == 256
+    with pytest.raises(KeyError, match="no arm 'ms_b256'"):
+        sweep.arm("ms_b256")
