@@ -200,7 +200,10 @@ def _arm_from_table(name: str, table: Any, source: str) -> Arm:
             f"{source}: unknown key arms.{name}.{sorted(unknown)[0]}; an arm takes loss, equal_steps and tables "
             "of config keys such as [arms.NAME.data]"
         )
-    return Arm(name, keys.get("loss", "rsk"), overrides, keys.get("equal_steps", ""))
+    # The loss is named by `loss = "..."`, or, for an arm that also sets loss hyper-parameters (a [arms.NAME.loss]
+    # table: TOML cannot hold both), by that table's `name` key.
+    loss = keys.get("loss", overrides.get("loss", {}).get("name", "rsk"))
+    return Arm(name, loss, overrides, keys.get("equal_steps", ""))
 
 
 def _file_overrides(tables: Mapping[str, Any], source: str) -> list[str]:

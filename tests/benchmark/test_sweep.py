@@ -165,3 +165,15 @@ def test_a_subset_of_arms_keeps_the_arm_its_equal_steps_arm_refers_to():
     assert sweep.arm_config(reference, 0)["data"]["batch_size"] == 256
     with pytest.raises(KeyError, match="no arm 'ms_b256'"):
         sweep.arm("ms_b256")
+
+
+def test_an_arm_sets_loss_hyper_parameters_through_its_loss_table(tmp_path):
+    path = tmp_path / "sweep.toml"
+    path.write_text(
+        '[sweep]\nseeds = [0]\n[arms.warm.loss]\nname = "rsk"\nrank_temperature = 0.05\n'
+        '[arms.ms]\nloss = "multi_similarity"\n'
+    )
+    sweep, _ = benchmark.load_sweep(path)
+    warm = sweep.arm_config(sweep.arm("warm"), seed=0)
+    assert (sweep.arm("warm").loss, warm["loss"]["name"], warm["loss"]["rank_temperature"]) == ("rsk", "rsk", 0.05)
+    assert sweep.arm_config(sweep.arm("ms"), seed=0)["loss"]["rank_temperature"] == 0.01  # the default stays
