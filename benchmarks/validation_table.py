@@ -3,7 +3,7 @@
 A recipe search must choose on validation classes only; the runner's report shows test metrics. This table reads
 the same ``runs/<arm>/seed_<n>/result.json`` files and shows only what the runs saw on validation.
 
-    python benchmarks/validation_table.py benchmarks/results/search_han_glyphs_finetune_rsk
+    python benchmarks/validation_table.py benchmarks/results/sweep_han_glyphs_finetune_rsk_search
 """
 
 from __future__ import annotations
