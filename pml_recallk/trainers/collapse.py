@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .._checks import check_positive_float, check_positive_int
+
 __all__ = [
     "CollapseMonitor",
     "CollapseWarning",
@@ -111,6 +113,7 @@ class CollapseMonitor:
     Args:
         max_mean_cosine: a batch whose mean pairwise cosine exceeds this has collapsed to a point.
         validation_ratio: see :func:`validation_collapse`.
+        stall_steps, loss_tolerance: see :meth:`observe_loss`.
 
     Example:
         >>> monitor = CollapseMonitor()
@@ -120,11 +123,20 @@ class CollapseMonitor:
         False
     """
 
-    def __init__(self, max_mean_cosine: float = 0.9, validation_ratio: float = 0.5):
+    def __init__(
+        self,
+        max_mean_cosine: float = 0.9,
+        validation_ratio: float = 0.5,
+        stall_steps: int = 10,
+        loss_tolerance: float = 0.005,
+    ):
         if not -1.0 < max_mean_cosine < 1.0:
             raise ValueError(f"max_mean_cosine must be in (-1, 1), got {max_mean_cosine!r}")
         self.max_mean_cosine = float(max_mean_cosine)
         self.validation_ratio = validation_ratio
+        self.stall_steps = check_positive_int(stall_steps, "stall_steps")
+        self.loss_tolerance = check_positive_float(loss_tolerance, "loss_tolerance")
+        self._stalled = 0
         self.messages: list[str] = []
         self._warned: set[str] = set()
 
@@ -142,6 +154,21 @@ class CollapseMonitor:
         cosine = mean_pairwise_cosine(embeddings)
         if cosine > self.max_mean_cosine:
             self._warn("embedding", f"the batch's embeddings have mean pairwise cosine {cosine:.3f}")
+
+    def observe_loss(self, value: float, ceiling: float = 1.0) -> None:
+        """Warn once the loss has stayed within ``loss_tolerance`` of ``ceiling`` for ``stall_steps`` steps.
+
+        RS@k's loss is 1 − the mean surrogate recall: at its ceiling of 1 no query of the batch is within the
+        surrogate's reach, so its gradient is about zero and the step changes nothing that matters.
+        """
+        self._stalled = self._stalled + 1 if value >= ceiling - self.loss_tolerance else 0
+        if self._stalled == self.stall_steps:
+            self._warn(
+                "loss",
+                f"the loss has stayed within {self.loss_tolerance} of its ceiling {ceiling} for {self.stall_steps} "
+                "steps: the surrogate reaches no query of the batch (its positives rank far beyond the largest k), "
+                "so its gradient is about zero",
+            )
 
     def observe_validation(self, curve: Sequence[float], floor: float | None = None) -> None:
         message = validation_collapse(curve, floor, self.validation_ratio)

@@ -11,6 +11,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .._checks import check_bool, check_positive_int
+from ..losses.recall_k_surrogate_loss import RecallKSurrogateLoss
+from .collapse import CollapseMonitor
 from .gradient_cache import NonFiniteStepWarning, cached_backward, check_amp_supported
 
 BATCHNORM_POLICIES = ("freeze", "chunk_statistics")
@@ -75,6 +77,8 @@ class MemoryEfficientTrainer(MetricLossOnly):
         self.stop_on_nan = check_bool(stop_on_nan, "stop_on_nan")
         self.progress_bar = check_bool(progress_bar, "progress_bar")
         super().__init__(*args, **kwargs)
+        # RS@k whose loss sits at its ceiling gets no gradient: say so (trainers/collapse.py, docs/han_benchmark.md).
+        self.collapse_monitor = CollapseMonitor()
         device_type = torch.device(self.data_device).type
         self.grad_scaler = None
         if amp is not None:
@@ -95,6 +99,8 @@ class MemoryEfficientTrainer(MetricLossOnly):
                 self._where(),
             )
             return
+        if _is_recall_k_surrogate(self.loss_funcs.get("metric_loss")):
+            self.collapse_monitor.observe_loss(float(self.losses["metric_loss"]), ceiling=1.0)
         self.clip_gradients()
         self.step_optimizers()
 
@@ -193,3 +199,12 @@ def _check_batchnorm(policy) -> str:
 def _set_batchnorm_to_eval(module: nn.Module) -> None:
     if isinstance(module, _BatchNorm):
         module.eval()
+
+
+def _is_recall_k_surrogate(loss: object) -> bool:
+    """RS@k itself, or a wrapper around it (SimilarityMixup, CrossBatchMemory: their ``loss`` attribute)."""
+    while loss is not None:
+        if isinstance(loss, RecallKSurrogateLoss):
+            return True
+        loss = getattr(loss, "loss", None)
+    return False

@@ -91,3 +91,18 @@ def test_monitor_bad_arguments():
         CollapseMonitor(max_mean_cosine=1.0)
     with pytest.raises(ValueError, match="ratio"):
         validation_collapse([0.1], ratio=1.5)
+
+
+def test_observe_loss_warns_after_the_stall_and_resets_when_the_loss_moves():
+    monitor = CollapseMonitor(stall_steps=3, loss_tolerance=0.01)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for value in (1.0, 0.995, 0.9, 1.0, 0.999):  # the 0.9 breaks the run: only two stalled steps after it
+            monitor.observe_loss(value)
+        assert not monitor.collapsed
+        monitor.observe_loss(0.998)  # the third in a row
+        monitor.observe_loss(1.0)
+    assert len([w for w in caught if issubclass(w.category, CollapseWarning)]) == 1
+    assert "3 steps" in monitor.messages[0]
+    with pytest.raises(ValueError):
+        CollapseMonitor(stall_steps=0)

@@ -2,6 +2,7 @@
 
 import copy
 import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -370,3 +371,57 @@ def test_a_batch_of_the_whole_training_split_steps_like_the_plain_full_batch_gra
                 p -= 0.5 * p.grad  # SGD(lr=0.5, momentum=0.9): the first step has no momentum yet
     for got, expected in zip(parameters(models), parameters(reference), strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+class ConstantEmbedder(nn.Module):
+    """Every input gets the same embedding: every similarity ties, so RS@k sees no query within reach (loss 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.ones(8, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.bias.expand(len(x), -1) + 0 * x.flatten(1)[:, :1]
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_stalled_rsk_loss_warns_once_that_it_gets_no_gradient(device, seeded_sampling, wrapped):
+    from pml_recallk import RecallKSurrogateLoss, SimilarityMixup
+    from pml_recallk.trainers.collapse import CollapseWarning
+
+    loss = RecallKSurrogateLoss()
+    torch.manual_seed(0)
+    models = {"trunk": ConstantEmbedder().to(device), "embedder": nn.Linear(8, 8).to(device, torch.float64)}
+    trainer = make_trainer(
+        MemoryEfficientTrainer,
+        models,
+        device,
+        clip=False,
+        loss_funcs={"metric_loss": SimilarityMixup(loss, mode="database_only") if wrapped else loss},
+        mining_funcs={},
+        loss_weights=None,
+        lr_schedulers=None,
+        chunk_size=64,
+        dataset=(data := RandomImages(num_classes=32, per_class=4)),
+        batch_size=128,  # tied similarities give every positive the soft rank 1 + 126/2 = 64, far beyond k = 16
+        sampler=MPerClassSampler(data.labels, m=4, batch_size=128, length_before_new_iter=3 * 128),
+    )
+    seeded_sampling()
+    with pytest.warns(CollapseWarning, match="reaches no query") as caught:
+        trainer.train(num_epochs=4)  # 12 steps at loss ≈ 1: the warning comes at the 10th
+    assert sum(issubclass(w.category, CollapseWarning) for w in caught) == 1
+    assert trainer.collapse_monitor.collapsed
+
+
+def test_a_learning_rsk_run_does_not_warn(models, device, seeded_sampling):
+    from pml_recallk import RecallKSurrogateLoss
+    from pml_recallk.trainers.collapse import CollapseWarning
+
+    trainer = make_trainer(
+        MemoryEfficientTrainer, models, device, loss_funcs={"metric_loss": RecallKSurrogateLoss()}, chunk_size=8
+    )
+    seeded_sampling()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CollapseWarning)
+        trainer.train(num_epochs=4)
+    assert not trainer.collapse_monitor.collapsed
