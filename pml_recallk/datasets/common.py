@@ -224,3 +224,32 @@ def class_disjoint_split(dataset: Dataset, val_fraction: float = 0.2, seed: int 
     val_classes = np.random.default_rng(seed).permutation(classes)[:num_val]
     in_val = np.isin(labels, val_classes)
     return ClassSubset(dataset, np.flatnonzero(~in_val)), ClassSubset(dataset, np.flatnonzero(in_val))
+
+
+class GlyphImages(Dataset):
+    """What the glyph data sets share: ``images`` ((N, s, s) uint8), ``labels``, ``characters`` and ``transform``.
+
+    ``dataset[i]`` is ``(PIL image of mode "L", int label)``, the image passed through ``transform`` if set.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    characters: tuple[str, ...]
+    transform: Callable[[Any], Any] | None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.characters)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        # Pillow is imported here, not at the top: it is optional (the cli extra), and the benchmark loaders that
+        # share this module must import without it.
+        from PIL import Image
+
+        image = Image.fromarray(self.images[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])

@@ -21,12 +21,11 @@ from typing import Any
 
 import numpy as np
 import PIL
-from PIL import Image, features
-from torch.utils.data import Dataset
+from PIL import features
 
 from .._checks import check_bool, check_fraction, check_int, check_positive_int
 from .._io import save_npz_atomic
-from .common import check_split
+from .common import GlyphImages, check_split
 from .fonts import (
     LATIN_LETTERS,
     FontFace,
@@ -231,7 +230,7 @@ def _character_group(char: str) -> str:
     return f"{unicodedata.name(char, '?').split()[0]} {unicodedata.category(char)}"
 
 
-class Glyphs(Dataset):
+class Glyphs(GlyphImages):
     """Characters rendered from real fonts: each class is a character, each sample that character in one face.
 
     Images are ``image_size`` × ``image_size`` grayscale, white glyph on black, drawn with the em size at 0.7
@@ -343,19 +342,6 @@ class Glyphs(Dataset):
         self.font_paths = table.face_paths[table.face_index[keep]].tolist()
         self.families = table.family_names[table.face_family[table.face_index[keep]]].tolist()
         self.dropped_faces = dict(table.dropped)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.characters)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = Image.fromarray(self.images[index])
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[index])
 
     def __repr__(self) -> str:
         return (

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from .._checks import check_int
-from .common import check_split
+from .common import GlyphImages, check_split
 from .han_fonts import IMAGE_SIZES, TGH_LEVEL_1, TGH_LEVELS_2_3
 from .han_table import HanTable, default_cache_dir, default_font_dir, han_table
 
@@ -88,7 +87,7 @@ def select_images(
     return np.sort(chosen[position < images_per_class])
 
 
-class HanGlyphs(Dataset):
+class HanGlyphs(GlyphImages):
     """Han characters in many typeface designs: class = character, image = that character in one design.
 
     Images are ``image_size`` × ``image_size`` grayscale (PIL mode ``"L"``), white glyph on black as in
@@ -189,21 +188,6 @@ class HanGlyphs(Dataset):
         self.design_groups = table.group_names[self.group_ids].tolist()
         self.dropped = dict(table.dropped)
         self.dropped_faces = dict(table.dropped_faces)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.characters)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        from PIL import Image
-
-        image = Image.fromarray(self.images[index])
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[index])
 
     def __repr__(self) -> str:
         return (
