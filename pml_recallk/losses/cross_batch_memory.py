@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning.distances import DotProductSimilarity
@@ -11,7 +9,7 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from .._checks import check_bool, check_embeddings, check_labels, check_positive_int
 from .recall_k_surrogate_loss import RecallKSurrogateLoss, float_embeddings, loss_precision
-from .similarity_mixup import DATABASE_ONLY, SimilarityMixup, mix_embeddings, same_class_pairs, virtual_items_of_parents
+from .similarity_mixup import DATABASE_ONLY, SimilarityMixup, mix_embeddings, virtual_items_of_parents
 
 UNKNOWN_SAMPLE_ID = -1
 
@@ -266,20 +264,10 @@ class CrossBatchMemory(pml_losses.CrossBatchMemory):
         """Append SiMix's virtual items v = α·ê_i + (1−α)·ê_j for same-class pairs (i, j) of the enqueued batch
         (docs/method.md §3), so s(q, v) = α·s(q, i) + (1−α)·s(q, j); a query's own virtual items join its excluded
         columns."""
-        simix = self.loss
-        first, second = same_class_pairs(enqueued_labels, simix.max_pairs_per_class)
-        simix.num_virtual = len(first)
-        if simix.num_virtual == 0:
-            if not simix._warned_no_pairs:
-                warnings.warn(
-                    "SimilarityMixup: no class has 2 or more samples in the batch, so there is nothing to mix; "
-                    "computing the plain loss against the memory (use a sampler with several samples per class)",
-                    stacklevel=3,
-                )
-                simix._warned_no_pairs = True
+        pairs = self.loss.draw_pairs(enqueued_labels.to(seen_database.device))
+        if pairs is None:
             return seen_database, memory_labels, excluded
-        low, high = simix.alpha_range
-        alpha = torch.rand(len(first), device=seen_database.device, dtype=torch.float64) * (high - low) + low
+        first, second, alpha = pairs
         columns = self.curr_batch_idx
         virtual = mix_embeddings(seen_database, columns[first], columns[second], alpha.to(seen_database.dtype))
         database_labels = torch.cat([memory_labels, enqueued_labels[first]])

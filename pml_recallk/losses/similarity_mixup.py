@@ -111,19 +111,10 @@ class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
         check_embeddings(embeddings, "embeddings")
         check_labels(labels, "labels", length=len(embeddings))
         labels = labels.to(embeddings.device)
-        first, second = same_class_pairs(labels, self.max_pairs_per_class)
-        self.num_virtual = len(first)
-        if self.num_virtual == 0:
-            if not self._warned_no_pairs:
-                warnings.warn(
-                    "SimilarityMixup: no class has 2 or more samples in the batch, so there is nothing to mix; "
-                    "computing the plain loss (use a sampler with several samples per class, e.g. MPerClassSampler)",
-                    stacklevel=2,
-                )
-                self._warned_no_pairs = True
+        pairs = self.draw_pairs(labels)
+        if pairs is None:
             return self.loss(embeddings, labels, indices_tuple)
-        low, high = self.alpha_range
-        alpha = torch.rand(len(first), device=embeddings.device, dtype=torch.float64) * (high - low) + low
+        first, second, alpha = pairs
         if isinstance(self.loss, RecallKSurrogateLoss):
             return self._mixed_recall_loss(embeddings, labels, indices_tuple, first, second, alpha)
         normalised = torch.nn.functional.normalize(embeddings, dim=1)
@@ -131,6 +122,24 @@ class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
         return self.loss(
             torch.cat([normalised, virtual]), torch.cat([labels, labels[first]]), indices_tuple=indices_tuple
         )
+
+    def draw_pairs(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """This step's same-class pairs (i, j) and their α ~ U(alpha_range) (float64), or None (with a one-time
+        warning) when no class has two samples. Sets ``num_virtual``. ``CrossBatchMemory`` draws through it too."""
+        first, second = same_class_pairs(labels, self.max_pairs_per_class)
+        self.num_virtual = len(first)
+        if self.num_virtual == 0:
+            if not self._warned_no_pairs:
+                warnings.warn(
+                    "SimilarityMixup: no class has 2 or more samples in the batch, so there is nothing to mix; "
+                    "computing the plain loss (use a sampler with several samples per class, e.g. MPerClassSampler)",
+                    stacklevel=3,
+                )
+                self._warned_no_pairs = True
+            return None
+        low, high = self.alpha_range
+        alpha = torch.rand(len(first), device=labels.device, dtype=torch.float64) * (high - low) + low
+        return first, second, alpha
 
     def _mixed_recall_loss(self, embeddings, labels, indices_tuple, first, second, alpha):
         loss, batch_size = self.loss, len(labels)
