@@ -36,7 +36,9 @@ class _Parser(argparse.ArgumentParser):
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", choices=DATASETS, help="data set (its paper recipe is the base config)")
     parser.add_argument("--data-root", metavar="PATH", help="folder of the data set's standard layout")
-    parser.add_argument("--config", metavar="FILE", help="TOML config file, e.g. benchmarks/configs/cub.toml")
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML config file (the keys of pml-recallk config), e.g. a copy of its output"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",

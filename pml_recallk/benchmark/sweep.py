@@ -64,7 +64,7 @@ UNTRAINED = "untrained"
 PRETRAINED = "pretrained"
 FLOORS = (UNTRAINED, PRETRAINED)
 _ARM_KEYS = {"loss", "equal_steps"}
-_SWEEP_KEYS = {"name", "seeds", "floors", "budget_images", "losses", "batch_size", "output_dir"}
+_SWEEP_KEYS = {"name", "seeds", "floors", "budget_images", "losses", "batch_size", "output_dir", "base_config"}
 # The first runner's loss configurations that were arms in all but name (deprecated).
 _OLD_NAMES = {
     "rsk_large": 'loss = "rsk" with [data] batch_size = large_batch_size and [train] chunk_size = chunk_size',
@@ -222,8 +222,10 @@ def load_sweep(
 ) -> tuple[Sweep, str | None]:
     """Read a sweep file; return the sweep and its ``sweep.output_dir`` (None if it has none).
 
-    The file's experiment tables and ``overrides`` (``--set``) make the base config, over the data set's recipe.
-    Without a file: every loss of the registry as an arm, seeds 0–2, on the default glyph experiment.
+    The file's experiment tables and ``overrides`` (``--set``) make the base config, over the data set's recipe and
+    ``sweep.base_config`` (a config file, as ``pml-recallk train --config`` takes; a path from the working directory,
+    like ``output_dir``), so that a sweep can run a shipped recipe as it is. Without a file: every loss of the
+    registry as an arm, seeds 0–2, on the default glyph experiment.
     """
     source = str(path) if path is not None else "the default sweep"
     tables = dict(load_toml(path)) if path is not None else {}
@@ -236,7 +238,10 @@ def load_sweep(
         )
     if not isinstance(arm_tables, Mapping):
         raise ConfigError(f"{source}: [arms] must hold one table per arm, e.g. [arms.rsk_b256]")
-    config = resolve_config(dataset, None, [*_file_overrides(tables, source), *overrides])
+    base_config = sweep_table.pop("base_config", None)
+    if base_config is not None and (not isinstance(base_config, str) or not base_config):
+        raise ConfigError(f"{source}: sweep.base_config must be the path of a config file, got {base_config!r}")
+    config = resolve_config(dataset, base_config, [*_file_overrides(tables, source), *overrides])
     output_dir = sweep_table.pop("output_dir", None)
     arms = [_arm_from_table(name, table, source) for name, table in arm_tables.items()]
     if not arms and "losses" not in sweep_table:

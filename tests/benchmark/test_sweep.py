@@ -185,3 +185,27 @@ def test_an_arm_sets_loss_hyper_parameters_through_its_loss_table(tmp_path):
     warm = sweep.arm_config(sweep.arm("warm"), seed=0)
     assert (sweep.arm("warm").loss, warm["loss"]["name"], warm["loss"]["rank_temperature"]) == ("rsk", "rsk", 0.05)
     assert sweep.arm_config(sweep.arm("ms"), seed=0)["loss"]["rank_temperature"] == 0.01  # the default stays
+
+
+def test_base_config_lays_a_config_file_under_the_sweeps_tables(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipe.toml").write_text('[data]\ndataset = "glyphs"\nbatch_size = 32\n[train]\nepochs = 7\nlr = 0.5\n')
+    path = tmp_path / "sweep.toml"
+    path.write_text('[sweep]\nbase_config = "recipe.toml"\n[train]\nepochs = 2\n[arms.a]\nloss = "rsk"\n')
+    sweep, _ = benchmark.load_sweep(path)
+    # The file's keys reach the base config; the sweep's own tables win over the file's.
+    assert (sweep.config["data"]["batch_size"], sweep.config["train"]["lr"]) == (32, 0.5)
+    assert sweep.config["train"]["epochs"] == 2
+    plain, _ = benchmark.load_sweep(tmp_path / "recipe.toml")  # no [sweep]: the default arms on that file's config
+    assert plain.config["train"]["epochs"] == 7
+
+
+@pytest.mark.parametrize(
+    "value, message", [('"missing.toml"', "missing.toml' does not exist"), ("3", "sweep.base_config must be")]
+)
+def test_a_bad_base_config_is_a_clear_error(value, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "sweep.toml"
+    path.write_text(f'[sweep]\nbase_config = {value}\n[arms.a]\nloss = "rsk"\n')
+    with pytest.raises(ConfigError, match=message):
+        benchmark.load_sweep(path)
