@@ -131,6 +131,15 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "lr": Field("float", 1e-3, "learning rate", minimum=0.0),
         "weight_decay": Field("float", 0.0, "weight decay", minimum=0.0),
         "epochs": Field("int", 6, "number of epochs", minimum=1),
+        # ProxyAnchor's warm-up (Kim et al., CVPR 2020, released code's --warm): fresh proxies at 100 × the learning
+        # rate would otherwise drag a pretrained backbone down in the first steps.
+        "warmup_epochs": Field(
+            "int",
+            0,
+            "epochs at the start that train only the model's embedding layer and the loss's parameters "
+            "(ProxyAnchor's warm-up; 0 = none)",
+            minimum=0,
+        ),
         "iterations_per_epoch": Field("int", 10, "optimiser steps per epoch (0 = one pass over the data)", minimum=0),
         "lr_milestones": Field("list[int]", [], "epochs after which the learning rate is multiplied by lr_gamma"),
         "lr_gamma": Field("float", 0.3, "learning-rate decay factor at each milestone", minimum=0.0),
@@ -479,6 +488,11 @@ def _validate_loss(config: Mapping[str, Mapping[str, Any]]) -> None:
 def _validate_train(train: Mapping[str, Any]) -> None:
     if any(b <= a for a, b in zip(train["lr_milestones"], train["lr_milestones"][1:])):
         raise ConfigError(f"train.lr_milestones must increase, got {train['lr_milestones']}")
+    if train["warmup_epochs"] and train["warmup_epochs"] >= train["epochs"]:
+        raise ConfigError(
+            f"train.warmup_epochs ({train['warmup_epochs']}) must be below train.epochs ({train['epochs']}): "
+            "otherwise no epoch trains the backbone"
+        )
     if not DEVICES_PATTERN.match(train["device"]):
         raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps; got {train['device']!r}")
 

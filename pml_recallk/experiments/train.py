@@ -7,7 +7,8 @@
    anything is written;
 2. evaluate the untrained model on the test and validation splits;
 3. train with :class:`~pml_recallk.MemoryEfficientTrainer` on class-balanced batches (PML's
-   ``MPerClassSampler``), validating every ``eval.every_n_epochs`` epochs and after the last through PML's
+   ``MPerClassSampler``; the first ``train.warmup_epochs`` train only the model's embedding layer and the loss's
+   parameters), validating every ``eval.every_n_epochs`` epochs and after the last through PML's
    ``HookContainer`` (record-keeper CSV/SQLite under ``<output>/logs``, tensorboard under
    ``<output>/tensorboard``), which picks the best epoch by validation ``recall_at_1``: the test set is never
    used to choose anything;
@@ -273,9 +274,44 @@ def _check_collapse(history: dict[str, Any], epoch: int, log: Log) -> None:
             "pretrained weights (model.init_checkpoint)")  # fmt: skip
 
 
-def _train_epochs(run: dict[str, Any], history: dict[str, Any], start_epoch: int, on_epoch) -> None:
+def _embedding_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """The layer that trains alone during ``train.warmup_epochs``: what the model's ``embedding_layer()`` returns."""
+    embedding_layer = getattr(model, "embedding_layer", None)
+    if not callable(embedding_layer):
+        raise ConfigError(
+            f"train.warmup_epochs trains only the model's embedding layer, but {type(model).__name__} names none "
+            "(it has no embedding_layer() method); set train.warmup_epochs=0"
+        )
+    return embedding_layer()
+
+
+@contextlib.contextmanager
+def _backbone_frozen(trainer, model: torch.nn.Module) -> Iterator[None]:
+    """While this block runs, only the model's embedding layer trains (and the loss's parameters, such as proxies,
+    through their own optimiser).
+
+    Every other parameter of the model has ``requires_grad`` False, so its ``.grad`` stays None and the optimiser
+    skips it, weight decay and momentum included; PML's ``freeze_trunk_batchnorm`` keeps every BatchNorm in eval
+    mode, so the frozen backbone's running statistics do not move either.
+    """
+    trained = {id(parameter) for parameter in _embedding_layer(model).parameters()}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in trained]
+    freeze_trunk_batchnorm = trainer.freeze_trunk_batchnorm
+    trainer.freeze_trunk_batchnorm = True
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
+        trainer.freeze_trunk_batchnorm = freeze_trunk_batchnorm
+
+
+def _train_epochs(run: dict[str, Any], history: dict[str, Any], start_epoch: int, on_epoch, log: Log) -> None:
     config, parts, hooks = run["config"], run["parts"], run["hooks"]
     train_set, epochs = run["datasets"]["train"], config["train"]["epochs"]
+    warmup_epochs = config["train"]["warmup_epochs"]
 
     def on_iteration(trainer) -> None:
         history["loss"].append([trainer.get_global_iteration(), float(trainer.losses["total_loss"])])
@@ -294,7 +330,12 @@ def _train_epochs(run: dict[str, Any], history: dict[str, Any], start_epoch: int
         else:
             trainer.sampler = builders.make_sampler(config, train_set.labels, run["batch_size"], run["iterations"])
         run["epoch_started"] = time.perf_counter()
-        with _epoch_counter(epoch, epochs):
+        # Whether an epoch warms up depends only on its number, so a run resumed in the middle of it goes on alike.
+        warmup = contextlib.nullcontext()
+        if epoch <= warmup_epochs:
+            log(f"epoch {epoch}/{epochs}: warm-up, only the embedding layer and the loss's parameters train")
+            warmup = _backbone_frozen(trainer, parts["model"])
+        with _epoch_counter(epoch, epochs), warmup:
             trainer.train(start_epoch=epoch, num_epochs=epoch)
 
 
@@ -329,6 +370,8 @@ def _prepare(config, output_dir: Path, datasets, device, log: Log) -> dict[str, 
     batch_size = builders.batch_size_of(config, num_classes)
     iterations = builders.iterations_of(config, len(train_set), batch_size)
     parts = _build_parts(config, model, num_classes, device)
+    if config["train"]["warmup_epochs"]:
+        _embedding_layer(model)  # a model without one is refused before the output folder is made
     tests = config["data"]["test_splits"]
     log(
         f"{len(train_set)} training images ({num_classes} classes), {len(datasets['val'])} validation images, "
@@ -402,7 +445,7 @@ def run_experiment(
     )
     history, start_epoch = _start(run, state, log, output_dir)
     run.update(started=started, elapsed_before=history["seconds"])
-    _train_epochs(run, history, start_epoch, _epoch_hook(run, history, log, stop_after_epoch))
+    _train_epochs(run, history, start_epoch, _epoch_hook(run, history, log, stop_after_epoch), log)
     record_keeper.save_records()
     if writer is not None:
         writer.close()

@@ -1,7 +1,8 @@
 """Embedding networks: the paper's heads on timm backbones, and a small CNN for CPU runs.
 
-Every model maps images to L2-normalised ``(N, embedding_size)`` embeddings. Imports are lazy so that the
-small CNN does not need timm, and nothing here downloads weights (``pretrained_path`` reads a local file).
+Every model maps images to L2-normalised ``(N, embedding_size)`` embeddings and returns its final projection
+from ``embedding_layer()`` (the part a warm-up trains alone). Imports are lazy so that the small CNN does not need
+timm, and nothing here downloads weights (``pretrained_path`` reads a local file).
 """
 
 from importlib import import_module

@@ -60,3 +60,8 @@ class ResNet50GeM(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.backbone(images)))
+
+    def embedding_layer(self) -> nn.Module:
+        """The final projection to the embedding (what ``train.warmup_epochs`` trains alone): the LayerNorm →
+        Linear head; GeM's exponent counts as the backbone's."""
+        return self.head

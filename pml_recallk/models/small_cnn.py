@@ -65,3 +65,7 @@ class SmallConvNet(nn.Module):
             )
         pooled = self.features(images).mean(dim=(2, 3))
         return F.normalize(self.linear(pooled), dim=-1)
+
+    def embedding_layer(self) -> nn.Module:
+        """The final projection to the embedding (what ``train.warmup_epochs`` trains alone): ``self.linear``."""
+        return self.linear

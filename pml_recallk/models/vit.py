@@ -52,3 +52,8 @@ class ViTEmbedder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
+
+    def embedding_layer(self) -> nn.Module:
+        """The final projection to the embedding (what ``train.warmup_epochs`` trains alone): the LayerNorm →
+        Linear head."""
+        return self.head
