@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from .._io import write_json_atomic
 from ..experiments import builders
-from ..experiments.config import DATASETS, RUNTIME_KEYS, ConfigError
+from ..experiments.config import DATASETS, RUNTIME_KEYS, ConfigError, upgrade_config
 from ..experiments.registry import LOSSES
 from ..experiments.train import evaluate_initial_model, run_experiment
 from .report import load_results, write_report
@@ -96,12 +96,29 @@ def planned_config(sweep: Sweep, arm: Arm, seed: int, data: _Data) -> dict[str, 
     return config
 
 
+def _without_runtime_keys(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    return {t: {k: v for k, v in values.items() if f"{t}.{k}" not in RUNTIME_KEYS} for t, values in config.items()}
+
+
+def _stored_spec(result: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A finished run's spec with its config in this release's keys: a key added since (at its default) or
+    renamed does not make the run look as if it were made with other settings."""
+    spec = result.get("spec")
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("config"), Mapping):
+        return spec
+    return {**spec, "config": _without_runtime_keys(upgrade_config(spec["config"]))}
+
+
 def _spec(
     name: str, seed: int, config: Mapping[str, Any], datasets: Mapping[str, Dataset], equal_steps: str = ""
 ) -> dict[str, Any]:
     """Everything that determines the numbers of one run (compared when a finished run is found)."""
-    kept = {t: {k: v for k, v in values.items() if f"{t}.{k}" not in RUNTIME_KEYS} for t, values in config.items()}
-    spec: dict[str, Any] = {"arm": name, "seed": seed, "data": _sizes(datasets), "config": kept}
+    spec: dict[str, Any] = {
+        "arm": name,
+        "seed": seed,
+        "data": _sizes(datasets),
+        "config": _without_runtime_keys(config),
+    }
     if name in FLOORS:
         return {**spec, "loss": name, "evaluate_only": True}
     batch, steps = _steps_per_epoch(config, datasets)
@@ -219,7 +236,7 @@ def run_sweep(
         done = run_dir / "result.json"
         if done.exists():
             result = json.loads(done.read_text())
-            differences = _differences(result.get("spec"), spec)
+            differences = _differences(_stored_spec(result), spec)
             if differences:
                 raise ConfigError(
                     f"{done} was made with other settings ({'; '.join(differences[:3])}); use another --output-dir "

@@ -242,3 +242,19 @@ def test_cross_batch_memory_arm_records_its_settings(config, datasets, tmp_path,
     assert type(loss).__name__ == "CrossBatchMemory" and loss.memory_size == 48
     assert type(loss.loss).__name__ == "RecallKSurrogateLoss"
     assert result["spec"]["config"]["memory"] == {"enabled": True, "size": 48}
+
+
+def test_a_run_finished_before_a_config_key_was_added_is_still_finished(config, datasets, tmp_path):
+    # A result.json written by an earlier release lacks the keys added since; at their defaults they change nothing.
+    benchmark.run_sweep(make_sweep(config), tmp_path, datasets=datasets, log=quiet, command="cmd")
+    for path in tmp_path.glob("runs/*/seed_*/result.json"):
+        result = json.loads(path.read_text())
+        del result["spec"]["config"]["train"]["warmup_epochs"]
+        path.write_text(json.dumps(result))
+    messages = []
+    benchmark.run_sweep(make_sweep(config), tmp_path, datasets=datasets, log=messages.append, command="cmd")
+    assert sum("finished before, skipped" in m for m in messages) == len(list(tmp_path.glob("runs/*/seed_*")))
+    # A key at another value than its default is still another setting.
+    changed = make_sweep(config, arms=[Arm("triplet", "triplet", {"train": {"warmup_epochs": 1}})])
+    with pytest.raises(ConfigError, match=r"other settings.*config\.train\.warmup_epochs: 0 != 1"):
+        benchmark.run_sweep(changed, tmp_path, datasets=datasets, log=quiet, command="cmd")
