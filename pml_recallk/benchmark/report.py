@@ -75,6 +75,7 @@ def summarize(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "batch_size": spec.get("batch_size"),
             "steps": spec.get("steps"),
             "images_seen": spec.get("images_seen"),
+            "equal_steps": spec.get("equal_steps", ""),
         }
         for metric in runs[0]["test"]:
             row[metric] = _mean_std([r["test"][metric] for r in runs])
@@ -310,28 +311,70 @@ def _plot_bars(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], output
     plt.close(fig)
 
 
+def batch_panels(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[str, list[Mapping[str, Any]]]]]:
+    """The panels of the batch-size plot: ``[(title, {family: rows sorted by batch})]``.
+
+    The first panel holds the arms trained for the same epochs (a larger batch takes fewer steps). If some arms
+    take another arm's steps per epoch (``equal_steps``), a second panel holds them, each family's line starting at
+    the arm whose steps it takes: the same steps, more images per step.
+    """
+    trained = [row for row in rows if row["arm"] not in FLOORS and row["batch_size"]]
+    by_arm = {row["arm"]: row for row in trained}
+    panels = []
+    for title, selected in (
+        ("the same epochs", [row for row in trained if not row.get("equal_steps")]),
+        ("the steps of the smaller batch", [row for row in trained if row.get("equal_steps")]),
+    ):
+        families: dict[str, list[Mapping[str, Any]]] = {}
+        for row in selected:
+            line = families.setdefault(row["family"], [])
+            reference = by_arm.get(row.get("equal_steps", ""))
+            line += [r for r in (reference, row) if r is not None and all(r is not other for other in line)]
+        if families:
+            panels.append((title, {f: sorted(line, key=lambda r: r["batch_size"]) for f, line in families.items()}))
+    return panels
+
+
 def _plot_against_batch(rows: Sequence[Mapping[str, Any]], output_dir: Path) -> None:
-    """Recall@1 against the batch size, one line per loss family (arms of one loss at several batches)."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    by_family: dict[str, list[Mapping[str, Any]]] = {}
-    for row in rows:
-        if row["arm"] not in FLOORS and row["batch_size"]:
-            by_family.setdefault(row["family"], []).append(row)
-    for i, (family, family_rows) in enumerate(by_family.items()):
-        family_rows = sorted(family_rows, key=lambda r: r["batch_size"])
-        # Families side by side at one batch size, a few percent apart on the log axis, so the bars do not overlap.
-        shift = 2 ** (0.04 * (i - (len(by_family) - 1) / 2))
-        means = [100 * r[PRIMARY_METRIC][0] for r in family_rows]
-        stds = [100 * r[PRIMARY_METRIC][1] for r in family_rows]
-        style = "--" if family.endswith("(equal steps)") else "-"
-        ax.errorbar([r["batch_size"] * shift for r in family_rows], means, yerr=stds, marker="o", ls=style, capsize=3,
-                    label=family)  # fmt: skip
-    ax.set_xscale("log", base=2)
-    ax.set(xlabel="batch size (images)", ylabel="test Recall@1 (%)")
+    """Recall@1 against the batch size, one line per loss family, in the panels of :func:`batch_panels`.
+
+    One colour per loss in both panels. The axis holds the points within 15 points of the best; a point below those
+    is drawn at the bottom as a triangle with its value written next to it (one collapsed arm would otherwise
+    squash every other line into a band).
+    """
+    panels = batch_panels(rows)
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels) + 2.5, 4.5), sharey=True, squeeze=False)
+    means = [100 * r[PRIMARY_METRIC][0] for _, families in panels for line in families.values() for r in line]
+    bottom = min(m for m in means if m >= max(means) - 15.0) - 1.0
+    top = max(100 * (r[PRIMARY_METRIC][0] + r[PRIMARY_METRIC][1]) for _, f in panels for l in f.values() for r in l)
+    losses = list(dict.fromkeys(f.removesuffix(" (equal steps)") for _, families in panels for f in families))
+    colours = {loss: f"C{i % 10}" for i, loss in enumerate(losses)}
+    for ax, (title, families) in zip(axes[0], panels):
+        for i, (family, line) in enumerate(families.items()):
+            # Families side by side at one batch size, a few percent apart on the log axis, so the bars do not overlap.
+            shift = 2 ** (0.04 * (i - (len(families) - 1) / 2))
+            x = np.array([r["batch_size"] * shift for r in line])
+            y = np.array([100 * r[PRIMARY_METRIC][0] for r in line])
+            error = np.array([100 * r[PRIMARY_METRIC][1] for r in line])
+            low = y < bottom
+            colour = colours[family.removesuffix(" (equal steps)")]
+            style = "--" if family.endswith("(equal steps)") else "-"
+            if (~low).any():
+                ax.errorbar(x[~low], y[~low], yerr=error[~low], marker="o", ls=style, capsize=3, color=colour,
+                            label=family)  # fmt: skip
+            for j, (xi, yi) in enumerate(zip(x[low], y[low])):
+                label = family if j == 0 and not (~low).any() else None
+                ax.plot([xi], [bottom + 0.3], marker="v", color=colour, ls="none", label=label)
+                ax.annotate(f"{yi:.1f}", (xi, bottom + 0.3), textcoords="offset points", xytext=(6, -3), fontsize=7)
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="batch size (images)", title=title, ylim=(bottom, min(100.0, top + 0.5)))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[0][0].set_ylabel("test Recall@1 (%)")
     title = "Test Recall@1 against the batch size (mean ± std over seeds)" + _floor_title(rows, [PRIMARY_METRIC])
-    ax.set_title(title, fontsize="medium")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
+    fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
     fig.savefig(output_dir / "recall_at_1_vs_batch.png", dpi=120)
     plt.close(fig)

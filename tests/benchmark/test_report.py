@@ -95,3 +95,30 @@ def test_a_loss_family_is_the_loss_with_what_changes_its_kind():
     spec = {"arm": "a", "loss": "rsk", "equal_steps": "b",
             "config": {"mixup": {"enabled": True, "mode": "database_only"}, "memory": {"enabled": True}}}  # fmt: skip
     assert benchmark.report._family(spec) == "rsk + SiMix (database_only) + memory (equal steps)"
+
+
+def test_the_batch_plot_puts_equal_steps_arms_in_a_panel_of_their_own_from_their_reference_arm():
+    from pml_recallk.benchmark.report import batch_panels
+
+    results = [fake_result("rsk_b256", 0, 0.90, 0.7, 1.0, batch=256, loss="rsk")]
+    results += [fake_result("rsk_b1024", 0, 0.91, 0.7, 1.0, batch=1024, loss="rsk")]
+    results += [fake_result("c_b256", 0, 0.92, 0.7, 1.0, batch=256, loss="contrastive")]
+    for arm, loss, batch, reference in (
+        ("rsk_b4096_eq", "rsk", 4096, "rsk_b256"),
+        ("c_b1024_eq", "contrastive", 1024, "c_b256"),
+    ):
+        result = fake_result(arm, 0, 0.93, 0.7, 1.0, batch=batch, loss=loss)
+        result["spec"]["equal_steps"] = reference
+        results.append(result)
+    rows = benchmark.summarize(results)
+    (same_epochs_title, same_epochs), (same_steps_title, same_steps) = batch_panels(rows)
+    lines = {family: [row["arm"] for row in line] for family, line in same_epochs.items()}
+    assert lines == {"rsk": ["rsk_b256", "rsk_b1024"], "contrastive": ["c_b256"]}
+    lines = {family: [row["arm"] for row in line] for family, line in same_steps.items()}
+    # Each equal-steps line starts at the arm whose steps it takes.
+    assert lines == {
+        "rsk (equal steps)": ["rsk_b256", "rsk_b4096_eq"],
+        "contrastive (equal steps)": ["c_b256", "c_b1024_eq"],
+    }
+    assert "epochs" in same_epochs_title and "steps" in same_steps_title
+    assert len(batch_panels(rows[:3])) == 1  # no equal-steps arm: one panel
