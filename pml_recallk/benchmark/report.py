@@ -85,7 +85,8 @@ def summarize(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _family(spec: Mapping[str, Any]) -> str:
-    """The loss with what changes its kind (SiMix, a memory, equal steps): one line of the batch-size plot."""
+    """The loss with what changes its kind (SiMix, a memory, a warm-up, equal steps): one line of the batch-size
+    plot."""
     config = spec.get("config", {})
     mixup, memory = config.get("mixup", {}), config.get("memory", {})
     family = spec["loss"]
@@ -93,6 +94,8 @@ def _family(spec: Mapping[str, Any]) -> str:
         family += f" + SiMix ({mixup['mode']})" if "mode" in mixup else " + SiMix"
     if memory.get("enabled"):
         family += " + memory"
+    if config.get("train", {}).get("warmup_epochs"):
+        family += " + warm-up"
     return family + (" (equal steps)" if spec.get("equal_steps") else "")
 
 
