@@ -367,6 +367,8 @@ def _plot_against_batch(rows: Sequence[Mapping[str, Any]], output_dir: Path) -> 
             if (~low).any():
                 ax.errorbar(x[~low], y[~low], yerr=error[~low], marker="o", ls=style, capsize=3, color=colour,
                             label=family)  # fmt: skip
+            if low.any() and (~low).any():  # the line goes on, dotted, to the points below the axis
+                ax.plot(x, np.maximum(y, bottom + 0.3), ls=":", color=colour, linewidth=1)
             for j, (xi, yi) in enumerate(zip(x[low], y[low])):
                 label = family if j == 0 and not (~low).any() else None
                 ax.plot([xi], [bottom + 0.3], marker="v", color=colour, ls="none", label=label)
