@@ -5,7 +5,8 @@ Each arm's run is an experiment run like ``pml-recallk train``'s: the same build
 ``runs/<arm>/seed_<seed>/``. The benchmark adds ``result.json`` (the run's settings, test metrics with MAP@R,
 validation curve, loss curve, times), written atomically when the run is finished. Rerunning the same command
 skips finished runs and continues an interrupted one from its last epoch; a finished run made with other
-settings is an error rather than silently mixed into the table.
+settings is an error rather than silently mixed into the table. ``--jobs N`` runs N runs at once, each in a process
+of its own; a run's numbers do not depend on how it ran.
 
 Example (a two-minute sweep on the glyphs that ship with matplotlib)::
 
@@ -17,14 +18,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing
 import os
+import pickle
 import shlex
 import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -198,26 +202,129 @@ def _planned(sweep: Sweep, data: _Data) -> list[tuple[str, int, dict[str, Any]]]
     return plan
 
 
+def _finished_message(number: int, total: int, name: str, seed: int, result: Mapping[str, Any]) -> str:
+    return (f"[{number}/{total}] {name} seed {seed}: test R@1 {result['test'][PRIMARY_METRIC]:.4f}, "
+            f"{result['train_seconds']:.0f} s training, {result['seconds']:.0f} s in all")  # fmt: skip
+
+
+class _Unfinished(NamedTuple):
+    """A run of the plan (``number`` counted from 1) that ``run_sweep(jobs > 1)`` hands to a worker process."""
+
+    number: int
+    name: str
+    seed: int
+    spec: dict[str, Any]
+    config: dict[str, Any]
+    run_dir: Path
+
+
+# The datasets a worker process builds itself, once per [data] table, as the parent process built them (so that
+# they are not copied to every worker).
+_WORKER_DATA = _Data(None)
+
+
+def _run_in_worker(
+    spec: dict[str, Any], config: dict[str, Any], run_dir: Path, command: str, pickled_datasets: bytes | None
+) -> dict[str, Any]:
+    """:func:`run_arm` in a worker process of ``run_sweep(jobs > 1)``, without a log (the parent logs results)."""
+    if pickled_datasets is None:
+        datasets = _WORKER_DATA.of(config)
+    else:
+        try:
+            datasets = pickle.loads(pickled_datasets)
+        except Exception as error:  # e.g. a class defined in a module that a fresh process cannot import
+            raise ValueError(
+                f"a worker process cannot load the datasets given to run_sweep ({type(error).__name__}: {error}); "
+                "define their classes in a module that a new Python process imports, or use jobs=1"
+            ) from None
+    return run_arm(spec, config, datasets, run_dir, log=lambda message: None, command=command)
+
+
+def _named_failure(run: _Unfinished, error: BaseException) -> Exception:
+    """A worker's failure with the arm and seed in its message; a user mistake stays a ConfigError (one line)."""
+    if isinstance(error, ConfigError):
+        return ConfigError(f"{run.name} seed {run.seed}: {error}")
+    return RuntimeError(f"{run.name} seed {run.seed} failed: {type(error).__name__}: {error}")
+
+
+def _run_in_processes(
+    runs: Sequence[_Unfinished],
+    results: list[dict[str, Any] | None],
+    jobs: int,
+    datasets: Mapping[str, Dataset] | None,
+    log: Log,
+    command: str,
+) -> None:
+    """Run ``runs`` in ``jobs`` worker processes, ``results[run.number - 1]`` set and logged as each finishes.
+
+    Workers are spawned (a fresh torch, not a fork of this process's state) with this process's torch thread
+    count, and run exactly what :func:`run_arm` runs here, so a run's numbers do not depend on where it ran. A run
+    starts only when a worker is free: after a failure none starts, those in progress finish (their results stay
+    on disk for the next run of the sweep), then the failure is raised.
+    """
+    pickled_datasets = None
+    if datasets is not None:
+        try:
+            pickled_datasets = pickle.dumps(datasets)
+        except Exception as error:
+            raise ValueError(
+                f"jobs > 1 sends the datasets to worker processes, but they cannot be pickled "
+                f"({type(error).__name__}: {error}); use jobs=1"
+            ) from None
+    jobs, threads, total = min(jobs, len(runs)), torch.get_num_threads(), len(results)
+    log(f"{len(runs)} runs to go, {jobs} at a time (worker processes with torch.set_num_threads({threads}))")
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        waiting, running = iter(runs), dict[Future, _Unfinished]()
+
+        def start_next() -> None:
+            run = next(waiting, None)
+            if run is not None:
+                running[pool.submit(_run_in_worker, run.spec, run.config, run.run_dir, command, pickled_datasets)] = run
+
+        for _ in range(jobs):
+            start_next()
+        while running:
+            for future in wait(running, return_when=FIRST_COMPLETED).done:
+                run = running.pop(future)
+                error = future.exception()
+                if error is not None:
+                    if running:
+                        log(f"{run.name} seed {run.seed} failed; waiting for the {len(running)} runs in progress")
+                    raise _named_failure(run, error) from error
+                results[run.number - 1] = future.result()
+                log(_finished_message(run.number, total, run.name, run.seed, future.result()))
+                start_next()
+
+
 def run_sweep(
     sweep: Sweep,
     output_dir: str | Path,
     datasets: Mapping[str, Dataset] | None = None,
     log: Log = _log_to_stderr,
     command: str | None = None,
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
     """Run every (arm, seed) and floor of ``sweep`` not yet finished in ``output_dir``, then write the report.
 
     Args:
         sweep: what to run.
         output_dir: where ``runs/<arm>/seed_<seed>/`` and the report go. Rerunning continues a sweep.
-        datasets: ``{"train", "val", <test split>}`` to use for every arm instead of building them (e.g. in tests).
+        datasets: ``{"train", "val", <test split>}`` to use for every arm instead of building them (e.g. in tests;
+            with ``jobs > 1`` they are pickled to the worker processes).
         log: receives one-line progress messages.
         command: the command line stored with each run and written at the top of the report (default: this
             process's).
+        jobs: how many runs at once. 1 runs them here one after another; more runs the unfinished ones in that
+            many worker processes (spawned, each with this process's torch thread count) once every finished run
+            is checked, with the same results. A failed run stops the sweep, naming its arm and seed; rerunning
+            continues it.
 
     Returns:
         The result of every run, in sweep order, the floors first.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     output_dir, started = Path(output_dir), time.perf_counter()
     command = command or " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
     data = _Data(datasets)
@@ -228,7 +335,8 @@ def run_sweep(
     # The per-run checkpoints and logs are for looking into runs, not for the repository.
     ignored = ["checkpoints/", "logs/", "tensorboard/", "*.png", "config.toml", "results.json"]
     (output_dir / ".gitignore").write_text("".join(f"runs/*/*/{pattern}\n" for pattern in ignored))
-    results = []
+    results: list[dict[str, Any] | None] = []
+    unfinished = []  # with jobs > 1: run in worker processes once every finished run is checked
     for number, (name, seed, config) in enumerate(plan, start=1):
         run_dir = output_dir / "runs" / name / f"seed_{seed}"
         datasets_of_run = data.of(config)
@@ -243,11 +351,15 @@ def run_sweep(
                     "or delete that folder"
                 )
             log(f"[{number}/{len(plan)}] {name} seed {seed}: finished before, skipped")
-        else:
+        elif jobs == 1:
             result = run_arm(spec, config, datasets_of_run, run_dir, log=log, command=command)
-            log(f"[{number}/{len(plan)}] {name} seed {seed}: test R@1 {result['test'][PRIMARY_METRIC]:.4f}, "
-                f"{result['train_seconds']:.0f} s training, {result['seconds']:.0f} s in all")  # fmt: skip
+            log(_finished_message(number, len(plan), name, seed, result))
+        else:
+            unfinished.append(_Unfinished(number, name, seed, spec, config, run_dir))
+            result = None
         results.append(result)
+    if unfinished:
+        _run_in_processes(unfinished, results, jobs, datasets, log, command)
     write_report(sweep, results, output_dir)
     log(f"wrote {output_dir / 'results.md'} ({time.perf_counter() - started:.0f} s)")
     return results
@@ -309,6 +421,10 @@ def build_parser(prog: str = "pml-recallk benchmark") -> argparse.ArgumentParser
     parser.add_argument(
         "--threads", type=int, metavar="N", help="torch CPU threads (default: torch's; 1 is faster on a busy machine)"
     )
+    parser.add_argument(
+        "--jobs", type=int, default=1, metavar="N",
+        help="runs at once, each in a process of its own (default 1); e.g. --jobs 2 --threads 1 on 2 cores",
+    )  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the finished runs")
     parser.add_argument("--list", action="store_true", help="list the losses with their settings and exit")
     return parser
@@ -360,6 +476,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "pml-recallk benchmark")
             if args.threads < 1:
                 raise ConfigError(f"--threads must be at least 1, got {args.threads}")
             torch.set_num_threads(args.threads)
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
         sweep, file_output_dir = _sweep_of(args)
         output_dir = Path(args.output_dir or file_output_dir or f"runs/benchmark-{sweep.name}")
         command = " ".join([prog, *(shlex.quote(a) for a in argv)])
@@ -371,7 +489,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "pml-recallk benchmark")
             results.sort(key=lambda r: (order.index(r["spec"]["arm"]), r["spec"]["seed"]))
             write_report(sweep, results, output_dir, command=command)
         else:
-            run_sweep(sweep, output_dir, command=command)
+            run_sweep(sweep, output_dir, command=command, jobs=args.jobs)
     except ConfigError as error:
         print(f"pml-recallk benchmark: error: {error}", file=sys.stderr)
         return 2
