@@ -1,0 +1,126 @@
+"""How many items of a batch each loss learns from, at the start of the Han fine-tune (issue 10).
+
+RS@k trails contrastive and FastAP at the same epochs and gains more than they do from a larger batch at the same
+steps. One measurable reason is how the gradient is spread over the batch. For one batch drawn as the trainer
+draws it (MPerClassSampler, m = 4, the training augmentation, the network in eval mode as with frozen BatchNorm),
+each loss's gradient with respect to the embeddings gives one norm g_i per item, and this script reports:
+
+* the participation ratio (Σ g_i)² / (B Σ g_i²): 1 when every item gets the same gradient, 1/B when one item
+  gets it all;
+* the share of items that carry 90 % of Σ g_i² (the fewest such items, over B);
+* the share of items with g_i below 1 % of the largest ("silent").
+
+It is scale-free, so the losses' reductions (mean over queries, pairs or triplets) do not matter, and neither
+does Adam's normalisation. Three batches per batch size, from the checkpoint a fine-tune starts from:
+
+    python benchmarks/gradient_share.py --threads 1
+
+writes ``benchmarks/results/gradient_share/gradient_share.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pml_recallk._io import write_json_atomic
+from pml_recallk.experiments import builders, resolve_config
+from pml_recallk.experiments.checkpoints import load_init_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "gradient_share"
+LOSSES = ("rsk", "contrastive", "fastap", "multi_similarity", "triplet")
+
+
+def gradient_norms(loss_name: str, config, embeddings: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """‖∂L/∂e_i‖ for every item i of the batch, under the loss (and miner) the benchmark builds for ``loss_name``."""
+    config = {**config, "loss": {**config["loss"], "name": loss_name}}
+    loss_fn, miner = builders.build_loss(config, num_classes=int(labels.max()) + 1)
+    leaf = embeddings.detach().clone().requires_grad_(True)
+    pairs = miner(leaf, labels) if miner is not None else None
+    loss = loss_fn(leaf, labels, pairs) if pairs is not None else loss_fn(leaf, labels)
+    (grad,) = torch.autograd.grad(loss, leaf, allow_unused=True)
+    if grad is None:  # no pair or triplet was active: no item learns anything
+        return np.zeros(len(labels))
+    return grad.norm(dim=1).double().numpy()
+
+
+def spread(norms: np.ndarray) -> dict[str, float]:
+    total = norms.sum()
+    if total == 0:
+        return {"participation": 0.0, "share_for_90": 0.0, "silent": 1.0}
+    squares = np.sort(norms**2)[::-1]
+    # The fewest items whose squares reach 90 % of the sum (a relative 1e-12 for the rounding of the cumulative sum).
+    needed = int(np.searchsorted(np.cumsum(squares), 0.9 * squares.sum() * (1 - 1e-12))) + 1
+    return {
+        "participation": float(total**2 / (len(norms) * (norms**2).sum())),
+        "share_for_90": needed / len(norms),
+        "silent": float((norms < 0.01 * norms.max()).mean()),
+    }
+
+
+def draw_batch(train, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    labels_all = np.asarray(train.labels)
+    classes = rng.choice(np.unique(labels_all), size=batch // 4, replace=False)
+    index = np.concatenate([rng.choice(np.flatnonzero(labels_all == c), 4, replace=False) for c in classes])
+    torch.manual_seed(seed)  # the augmentation's draws
+    images = torch.stack([train[int(i)][0] for i in index])
+    return images, torch.as_tensor(labels_all[index])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "examples" / "configs" / "han_glyphs_finetune.toml"))
+    parser.add_argument("--batches", type=int, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--draws", type=int, default=3, help="batches per batch size")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = resolve_config(config_file=args.config)
+    train = builders.build_datasets(config, splits=["train"])["train"]
+    model = builders.build_model(config)
+    load_init_weights(model, config["model"]["init_checkpoint"])
+    model.eval()
+    rows = []
+    for batch in args.batches:
+        for draw in range(args.draws):
+            images, labels = draw_batch(train, batch, seed=draw)
+            with torch.no_grad():
+                embeddings = torch.cat([model(chunk) for chunk in images.split(512)])
+            for loss_name in LOSSES:
+                rows.append({"batch": batch, "draw": draw, "loss": loss_name,
+                             **spread(gradient_norms(loss_name, config, embeddings, labels))})  # fmt: skip
+            print(f"batch {batch} draw {draw} done", file=sys.stderr, flush=True)
+    lines = [
+        "# How many items of a batch each loss learns from (Han fine-tune, at the pretrained checkpoint)",
+        "",
+        f"`python benchmarks/gradient_share.py --threads {args.threads}`; config `{Path(args.config).name}`, "
+        f"checkpoint `{config['model']['init_checkpoint']}`. Means over {args.draws} batches of batch/4 training "
+        "classes × 4. Participation ratio (Σ g)² / (B Σ g²) of the per-item gradient norms g (1: every item the "
+        "same); the share of items that carry 90 % of Σ g²; the share below 1 % of the largest g.",
+        "",
+        "| loss | batch | participation ratio | share carrying 90 % | silent share |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for loss_name in LOSSES:
+        for batch in args.batches:
+            mine = [r for r in rows if r["loss"] == loss_name and r["batch"] == batch]
+            mean = {key: float(np.mean([r[key] for r in mine])) for key in ("participation", "share_for_90", "silent")}
+            lines.append(
+                f"| {loss_name} | {batch} | {mean['participation']:.2f} | {mean['share_for_90']:.2f} "
+                f"| {mean['silent']:.2f} |"
+            )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "gradient_share.md").write_text("\n".join(lines) + "\n")
+    write_json_atomic({"rows": rows, "command": " ".join(sys.argv)}, RESULTS / "gradient_share.json")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
