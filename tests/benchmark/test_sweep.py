@@ -189,7 +189,8 @@ def test_an_arm_sets_loss_hyper_parameters_through_its_loss_table(tmp_path):
 
 def test_base_config_lays_a_config_file_under_the_sweeps_tables(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "recipe.toml").write_text('[data]\ndataset = "glyphs"\nbatch_size = 32\n[train]\nepochs = 7\nlr = 0.5\n')
+    recipe = '[data]\ndataset = "glyphs"\nbatch_size = 32\n[train]\nepochs = 7\nlr = 0.5\n'
+    (tmp_path / "recipe.toml").write_text(recipe)
     path = tmp_path / "sweep.toml"
     path.write_text('[sweep]\nbase_config = "recipe.toml"\n[train]\nepochs = 2\n[arms.a]\nloss = "rsk"\n')
     sweep, _ = benchmark.load_sweep(path)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from pml_recallk import benchmark
 from pml_recallk.experiments import resolve_config
+from pml_recallk.experiments.config import load_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "configs"
@@ -31,7 +31,7 @@ def test_every_example_config_resolves(path):
 
 
 def test_the_pretrain_config_is_the_committed_pretraining_run():
-    saved = tomllib.loads((ROOT / "benchmarks" / "results" / "han_pretrain" / "config.toml").read_text())
+    saved = load_toml(ROOT / "benchmarks" / "results" / "han_pretrain" / "config.toml")
     assert _differences(resolve_config(config_file=PRETRAIN), saved) == []
 
 
