@@ -96,7 +96,14 @@ def _family(spec: Mapping[str, Any]) -> str:
         family += " + memory"
     if config.get("train", {}).get("warmup_epochs"):
         family += " + warm-up"
-    return family + (" (equal steps)" if spec.get("equal_steps") else "")
+    return family + (_EQUAL_STEPS if spec.get("equal_steps") else "")
+
+
+_EQUAL_STEPS = " (equal steps)"
+
+
+def _without_equal_steps(family: str) -> str:
+    return family.removesuffix(_EQUAL_STEPS)
 
 
 def _metric_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -352,7 +359,8 @@ def _plot_against_batch(rows: Sequence[Mapping[str, Any]], output_dir: Path) -> 
     means = [100 * r[PRIMARY_METRIC][0] for _, families in panels for line in families.values() for r in line]
     bottom = min(m for m in means if m >= max(means) - 15.0) - 1.0
     top = max(100 * (r[PRIMARY_METRIC][0] + r[PRIMARY_METRIC][1]) for _, f in panels for l in f.values() for r in l)
-    losses = list(dict.fromkeys(f.removesuffix(" (equal steps)") for _, families in panels for f in families))
+    # One colour per family, its equal-steps line included.
+    losses = list(dict.fromkeys(_without_equal_steps(f) for _, families in panels for f in families))
     colours = {loss: f"C{i % 10}" for i, loss in enumerate(losses)}
     for ax, (title, families) in zip(axes[0], panels):
         for i, (family, line) in enumerate(families.items()):
@@ -362,8 +370,8 @@ def _plot_against_batch(rows: Sequence[Mapping[str, Any]], output_dir: Path) -> 
             y = np.array([100 * r[PRIMARY_METRIC][0] for r in line])
             error = np.array([100 * r[PRIMARY_METRIC][1] for r in line])
             low = y < bottom
-            colour = colours[family.removesuffix(" (equal steps)")]
-            style = "--" if family.endswith("(equal steps)") else "-"
+            colour = colours[_without_equal_steps(family)]
+            style = "--" if family.endswith(_EQUAL_STEPS) else "-"
             if (~low).any():
                 ax.errorbar(x[~low], y[~low], yerr=error[~low], marker="o", ls=style, capsize=3, color=colour,
                             label=family)  # fmt: skip

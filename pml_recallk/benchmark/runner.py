@@ -292,8 +292,8 @@ def _run_in_processes(
                     if running:
                         log(f"{run.name} seed {run.seed} failed; waiting for the {len(running)} runs in progress")
                     raise _named_failure(run, error) from error
-                results[run.number - 1] = future.result()
-                log(_finished_message(run.number, total, run.name, run.seed, future.result()))
+                results[run.number - 1] = result = future.result()
+                log(_finished_message(run.number, total, run.name, run.seed, result))
                 start_next()
 
 

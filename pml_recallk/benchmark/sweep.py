@@ -143,8 +143,8 @@ class Sweep:
             raise ConfigError("the pretrained floor needs model.init_checkpoint in the sweep's base config")
         if type(self.budget_images) is not int or self.budget_images < 0:
             raise ConfigError(f"sweep.budget_images must be a non-negative integer, got {self.budget_images!r}")
+        known = names + [reference.name for reference in self.references]
         for arm in self.arms:
-            known = names + [reference.name for reference in self.references]
             if arm.equal_steps and (arm.equal_steps not in known or self.arm(arm.equal_steps).equal_steps):
                 raise ConfigError(f"arm {arm.name}: equal_steps must name another arm without equal_steps")
             self.arm_config(arm, self.seeds[0])  # every arm's config is checked before anything runs
