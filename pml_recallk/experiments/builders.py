@@ -265,7 +265,7 @@ def build_optimizers(
 ) -> dict[str, torch.optim.Optimizer]:
     """``{"trunk_optimizer": ...}``: Adam, AdamW or SGD (momentum 0.9) over the trainable parameters, with
     ``train.lr`` and ``weight_decay``; a loss with parameters (proxies) also gets ``metric_loss_optimizer``, an
-    Adam at ``train.lr`` times its registry entry's ``loss_lr_factor``."""
+    Adam at ``train.loss_lr``, or (0, the default) ``train.lr`` times its registry entry's ``loss_lr_factor``."""
     train = config["train"]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[train["optimizer"]]
@@ -275,8 +275,8 @@ def build_optimizers(
     }
     loss_params = [p for p in loss.parameters() if p.requires_grad]
     if loss_params:
-        factor = LOSSES[config["loss"]["name"]].loss_lr_factor
-        optimizers["metric_loss_optimizer"] = torch.optim.Adam(loss_params, lr=train["lr"] * factor)
+        loss_lr = train["loss_lr"] or train["lr"] * LOSSES[config["loss"]["name"]].loss_lr_factor
+        optimizers["metric_loss_optimizer"] = torch.optim.Adam(loss_params, lr=loss_lr)
     return optimizers
 
 

@@ -140,6 +140,15 @@ SCHEMA: dict[str, dict[str, Field]] = {
             "(ProxyAnchor's warm-up; 0 = none)",
             minimum=0,
         ),
+        # ProxyAnchor's paper trains its proxies at 1e-2 beside a backbone at 1e-4: a ratio of 100, which the
+        # default keeps; a network trained at a higher rate may need the paper's absolute rate instead.
+        "loss_lr": Field(
+            "float",
+            0.0,
+            "learning rate of the loss's own parameters (ProxyAnchor's proxies); 0 = train.lr × the loss's factor "
+            "(ProxyAnchor: 100, its paper's ratio)",
+            minimum=0.0,
+        ),
         "iterations_per_epoch": Field("int", 10, "optimiser steps per epoch (0 = one pass over the data)", minimum=0),
         "lr_milestones": Field("list[int]", [], "epochs after which the learning rate is multiplied by lr_gamma"),
         "lr_gamma": Field("float", 0.3, "learning-rate decay factor at each milestone", minimum=0.0),

@@ -137,6 +137,14 @@ def test_proxy_anchor_proxies_get_their_own_optimizer_at_100x(config, datasets, 
     assert loss.proxies.shape == (10, 8)  # one proxy per training class
 
 
+def test_train_loss_lr_sets_the_proxies_rate_and_leaves_the_networks(config, datasets, tmp_path, seen):
+    arm = Arm("pa", "proxy_anchor", {"train": {"loss_lr": 0.0125}})
+    run_one(make_sweep(config, arms=[arm]), "pa", 0, datasets, tmp_path)
+    optimizers = seen["optimizers"]
+    assert optimizers["metric_loss_optimizer"].param_groups[0]["lr"] == 0.0125
+    assert optimizers["trunk_optimizer"].param_groups[0]["lr"] == config["train"]["lr"]
+
+
 def test_the_configs_learning_rate_schedule_is_used(config, datasets, tmp_path, seen):
     arm = Arm("triplet", "triplet", {"train": {"lr_milestones": [1], "lr_gamma": 0.1}})
     run_one(make_sweep(config, arms=[arm]), "triplet", 0, datasets, tmp_path)
