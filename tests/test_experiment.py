@@ -137,6 +137,39 @@ def test_best_epoch_is_the_first_best_validation_epoch(tiny_run):
     assert load_checkpoint(output)["epoch"] == results["best_epoch"]  # the run folder means best.pt
 
 
+def test_select_by_map_at_r_picks_the_first_epoch_with_the_best_validation_map_at_r(glyph_cache, tmp_path):
+    # Seed 0 of this tiny run has its best validation Recall@1 and its best MAP@R at different epochs (1 and 5 when
+    # written), so a selection that ignored eval.select_by would pick another epoch.
+    config = resolve_config(
+        overrides=[
+            *TINY, "train.epochs=5", "eval.map_at_r=true", 'eval.select_by="mean_average_precision_at_r"',
+            f"data.glyphs_cache_dir={json.dumps(str(glyph_cache))}",
+        ]
+    )  # fmt: skip
+    results = run_experiment(config, tmp_path, log=quiet)
+    (path,) = (tmp_path / "logs").glob("accuracies_*_VAL_vs_self.csv")
+    with open(path) as f:
+        rows = {int(row["epoch"]): row for row in csv.DictReader(f)}
+    map_at_r = {epoch: float(row["mean_average_precision_at_r_level0"]) for epoch, row in rows.items()}
+    recall = {epoch: float(row["recall_at_1_level0"]) for epoch, row in rows.items()}
+
+    def first_best(curve):
+        return min(epoch for epoch, value in curve.items() if value == max(curve.values()))
+
+    if first_best(map_at_r) == first_best(recall):
+        pytest.skip("on this platform the run's best epoch is the same by both metrics: nothing to tell apart")
+    assert results["best_epoch"] == first_best(map_at_r)
+    assert results["best_val"]["mean_average_precision_at_r"] == pytest.approx(max(map_at_r.values()))
+    assert load_checkpoint(tmp_path)["epoch"] == first_best(map_at_r)
+
+
+def test_select_by_map_at_r_without_map_at_r_is_refused():
+    with pytest.raises(ConfigError, match="eval.select_by = mean_average_precision_at_r needs .* eval.map_at_r = true"):
+        resolve_config(overrides=['eval.select_by="mean_average_precision_at_r"'])
+    with pytest.raises(ConfigError, match="eval.select_by must be one of recall_at_1, mean_average_precision_at_r"):
+        resolve_config(overrides=['eval.select_by="recall_at_5"'])
+
+
 def test_reported_recall_matches_a_brute_force_evaluation_of_the_best_model(tiny_run, tiny_config):
     from pml_recallk import datasets
     from pml_recallk.models import SmallConvNet, transforms

@@ -100,6 +100,7 @@ def _family(spec: Mapping[str, Any]) -> str:
 
 
 _EQUAL_STEPS = " (equal steps)"
+_SELECTED_BY = {PRIMARY_METRIC: "Recall@1", MAP_AT_R: "MAP@R"}
 
 
 def _without_equal_steps(family: str) -> str:
@@ -247,7 +248,8 @@ def _data_line(sweep: Sweep, results: Sequence[Mapping[str, Any]]) -> str:
         + f"{train['optimizer']} lr {train['lr']:g}, MPerClassSampler m = {data['samples_per_class']}, "
         + f"{train['epochs']} epochs"
         + (f", about {sweep.budget_images} images seen per run" if sweep.budget_images else "")
-        + "; the best epoch by validation Recall@1, then one test evaluation. Arms change it as listed below."
+        + f"; the best epoch by validation {_SELECTED_BY[sweep.config['eval']['select_by']]}, "
+        + "then one test evaluation. Arms change it as listed below."
     )
 
 

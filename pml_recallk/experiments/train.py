@@ -10,8 +10,8 @@
    ``MPerClassSampler``; the first ``train.warmup_epochs`` train only the model's embedding layer and the loss's
    parameters), validating every ``eval.every_n_epochs`` epochs and after the last through PML's
    ``HookContainer`` (record-keeper CSV/SQLite under ``<output>/logs``, tensorboard under
-   ``<output>/tensorboard``), which picks the best epoch by validation ``recall_at_1``: the test set is never
-   used to choose anything;
+   ``<output>/tensorboard``), which picks the best epoch by validation ``eval.select_by`` (``recall_at_1`` by
+   default): the test set is never used to choose anything;
 4. write ``<output>/checkpoints/last.pt`` atomically after every epoch, and ``best.pt`` when validation improves;
 5. evaluate the best model on the test split(s), write ``results.json`` (with the validation curve per epoch and
    the loss curve per iteration), ``loss_curve.png`` and ``recall_curves.png``.
@@ -344,7 +344,8 @@ def _format_metrics(metrics: Mapping[str, float]) -> str:
 
 
 def _hooks(config: Mapping[str, Any], output_dir: Path, device, val_set: Dataset, checkpoints: Path):
-    """PML's record-keeper and HookContainer, which records validation and picks the best epoch."""
+    """PML's record-keeper and HookContainer, which records validation and picks the best epoch (the first with the
+    highest validation ``eval.select_by``)."""
     record_keeper, _, tensorboard_writer = logging_presets.get_record_keeper(
         str(output_dir / "logs"), str(output_dir / "tensorboard")
     )
@@ -352,7 +353,11 @@ def _hooks(config: Mapping[str, Any], output_dir: Path, device, val_set: Dataset
         raise ConfigError("training needs record-keeper and tensorboard: pip install 'pml-recallk[cli]'")
     # HookContainer records validation results and picks the best epoch; our checkpoints hold the models.
     hooks = logging_presets.get_hook_container(
-        record_keeper, primary_metric=PRIMARY_METRIC, validation_split_name="val", save_models=False, log_freq=1
+        record_keeper,
+        primary_metric=config["eval"]["select_by"],
+        validation_split_name="val",
+        save_models=False,
+        log_freq=1,
     )
     tester = builders.build_tester(config, device, end_of_testing_hook=hooks.end_of_testing_hook)
     patience = config["eval"]["patience"] or None
