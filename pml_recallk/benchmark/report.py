@@ -85,8 +85,8 @@ def summarize(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _family(spec: Mapping[str, Any]) -> str:
-    """The loss with what changes its kind (SiMix, a memory, a warm-up, equal steps): one line of the batch-size
-    plot."""
+    """The loss with what changes its kind (SiMix, a memory, a warm-up, its own parameters' learning rate, equal
+    steps): one line of the batch-size plot."""
     config = spec.get("config", {})
     mixup, memory = config.get("mixup", {}), config.get("memory", {})
     family = spec["loss"]
@@ -96,6 +96,8 @@ def _family(spec: Mapping[str, Any]) -> str:
         family += " + memory"
     if config.get("train", {}).get("warmup_epochs"):
         family += " + warm-up"
+    if config.get("train", {}).get("loss_lr"):
+        family += f", loss_lr {config['train']['loss_lr']:g}"
     return family + (_EQUAL_STEPS if spec.get("equal_steps") else "")
 
 

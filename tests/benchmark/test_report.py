@@ -95,6 +95,12 @@ def test_a_loss_family_is_the_loss_with_what_changes_its_kind():
     spec = {"arm": "a", "loss": "rsk", "equal_steps": "b",
             "config": {"mixup": {"enabled": True, "mode": "database_only"}, "memory": {"enabled": True}}}  # fmt: skip
     assert benchmark.report._family(spec) == "rsk + SiMix (database_only) + memory (equal steps)"
+    # The proxies' own rate makes another line: two ProxyAnchor arms at one batch would otherwise share one.
+    spec = {"arm": "pa", "loss": "proxy_anchor", "config": {"train": {"warmup_epochs": 1, "loss_lr": 0.01}}}
+    assert benchmark.report._family(spec) == "proxy_anchor + warm-up, loss_lr 0.01"
+    assert benchmark.report._family({"arm": "pa", "loss": "proxy_anchor", "config": {"train": {"loss_lr": 0.0}}}) == (
+        "proxy_anchor"
+    )
 
 
 def test_the_batch_plot_puts_equal_steps_arms_in_a_panel_of_their_own_from_their_reference_arm():
