@@ -43,10 +43,18 @@ def test_the_finetune_config_starts_from_the_pretrain_configs_output_and_network
     assert finetune["data"]["train_split"] == "train" and pretrain["data"]["train_split"] == "pretrain"
 
 
-def test_the_scratch_sweep_runs_the_han_glyphs_recipe():
+def test_the_scratch_recipe_sweep_runs_the_han_glyphs_recipe_as_it_is():
+    sweep, _ = benchmark.load_sweep(ROOT / "benchmarks" / "configs" / "sweep_han_glyphs_scratch_recipe.toml")
+    recipe = resolve_config("han_glyphs", overrides=["eval.map_at_r=true", "train.seed=1"])
+    assert sweep.arm_config(sweep.arm("rsk_b256"), seed=1) == recipe
+    assert {arm.loss for arm in sweep.arms} == {"rsk", "contrastive", "fastap"}
+
+
+def test_the_scratch_sweep_is_the_han_glyphs_recipe_at_the_learning_rate_before_the_search():
     sweep, _ = benchmark.load_sweep(ROOT / "benchmarks" / "configs" / "sweep_han_glyphs_scratch.toml")
     recipe = resolve_config("han_glyphs", overrides=["eval.map_at_r=true"])
-    assert _differences(sweep.config, recipe) == [] and _differences(recipe, sweep.config) == []
+    assert _differences(sweep.config, recipe) == ["train.lr: 0.001 != 0.003"]
+    assert _differences(recipe, sweep.config) == ["train.lr: 0.003 != 0.001"]
 
 
 def test_the_recipe_sweep_runs_the_finetune_config_as_it_is(monkeypatch):
