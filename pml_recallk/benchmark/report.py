@@ -352,21 +352,22 @@ def batch_panels(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[str,
 def _plot_against_batch(rows: Sequence[Mapping[str, Any]], output_dir: Path) -> None:
     """Recall@1 against the batch size, one line per loss family, in the panels of :func:`batch_panels`.
 
-    One colour per loss in both panels. The axis holds the points within 15 points of the best; a point below those
+    One colour per loss in both panels. The axis holds the points within 20 points of the best; a point below those
     is drawn at the bottom as a triangle with its value written next to it (one collapsed arm would otherwise
-    squash every other line into a band).
+    squash every other line into a band); the values of several such points at one batch size are stacked.
     """
     panels = batch_panels(rows)
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels) + 2.5, 4.5), sharey=True, squeeze=False)
     means = [100 * r[PRIMARY_METRIC][0] for _, families in panels for line in families.values() for r in line]
-    bottom = min(m for m in means if m >= max(means) - 15.0) - 1.0
+    bottom = min(m for m in means if m >= max(means) - 20.0) - 1.0
     top = max(100 * (r[PRIMARY_METRIC][0] + r[PRIMARY_METRIC][1]) for _, f in panels for l in f.values() for r in l)
     # One colour per family, its equal-steps line included.
     losses = list(dict.fromkeys(_without_equal_steps(f) for _, families in panels for f in families))
     colours = {loss: f"C{i % 10}" for i, loss in enumerate(losses)}
     for ax, (title, families) in zip(axes[0], panels):
+        below_at: dict[int, int] = {}  # batch size -> values already written below the axis there
         for i, (family, line) in enumerate(families.items()):
             # Families side by side at one batch size, a few percent apart on the log axis, so the bars do not overlap.
             shift = 2 ** (0.04 * (i - (len(families) - 1) / 2))
@@ -381,10 +382,13 @@ def _plot_against_batch(rows: Sequence[Mapping[str, Any]], output_dir: Path) -> 
                             label=family)  # fmt: skip
             if low.any() and (~low).any():  # the line goes on, dotted, to the points below the axis
                 ax.plot(x, np.maximum(y, bottom + 0.3), ls=":", color=colour, linewidth=1)
-            for j, (xi, yi) in enumerate(zip(x[low], y[low])):
+            for j, (row, xi, yi) in enumerate(zip([r for r, is_low in zip(line, low) if is_low], x[low], y[low])):
                 label = family if j == 0 and not (~low).any() else None
                 ax.plot([xi], [bottom + 0.3], marker="v", color=colour, ls="none", label=label)
-                ax.annotate(f"{yi:.1f}", (xi, bottom + 0.3), textcoords="offset points", xytext=(6, -3), fontsize=7)
+                stacked = below_at.get(row["batch_size"], 0)
+                below_at[row["batch_size"]] = stacked + 1
+                ax.annotate(f"{yi:.1f}", (xi, bottom + 0.3), textcoords="offset points", xytext=(6, -3 + 8 * stacked),
+                            fontsize=7, color=colour)  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set(xlabel="batch size (images)", title=title, ylim=(bottom, min(100.0, top + 0.5)))
         ax.grid(alpha=0.3)
