@@ -359,7 +359,7 @@ def _plot_against_batch(rows: Sequence[Mapping[str, Any]], output_dir: Path) -> 
     panels = batch_panels(rows)
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels) + 2.5, 4.5), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels) + 2.5, 6.0), sharey=True, squeeze=False)
     means = [100 * r[PRIMARY_METRIC][0] for _, families in panels for line in families.values() for r in line]
     bottom = min(m for m in means if m >= max(means) - 20.0) - 1.0
     top = max(100 * (r[PRIMARY_METRIC][0] + r[PRIMARY_METRIC][1]) for _, f in panels for l in f.values() for r in l)
@@ -392,7 +392,8 @@ def _plot_against_batch(rows: Sequence[Mapping[str, Any]], output_dir: Path) -> 
         ax.set_xscale("log", base=2)
         ax.set(xlabel="batch size (images)", title=title, ylim=(bottom, min(100.0, top + 0.5)))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        # Below the axes: inside, it hid points (the legend of many families is as tall as the axis).
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     axes[0][0].set_ylabel("test Recall@1 (%)")
     title = "Test Recall@1 against the batch size (mean ± std over seeds)" + _floor_title(rows, [PRIMARY_METRIC])
     fig.suptitle(title, fontsize="medium")
