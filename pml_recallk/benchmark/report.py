@@ -11,6 +11,7 @@ Table, for arm a, metric m and the seeds S: ``mean = Σ_s m_{a,s} / |S|`` and th
 
 from __future__ import annotations
 
+import collections
 import csv
 import datetime
 import json
@@ -367,7 +368,7 @@ def _plot_against_batch(rows: Sequence[Mapping[str, Any]], output_dir: Path) -> 
     losses = list(dict.fromkeys(_without_equal_steps(f) for _, families in panels for f in families))
     colours = {loss: f"C{i % 10}" for i, loss in enumerate(losses)}
     for ax, (title, families) in zip(axes[0], panels):
-        below_at: dict[int, int] = {}  # batch size -> values already written below the axis there
+        below_at = collections.Counter()  # batch size -> values already written below the axis there
         for i, (family, line) in enumerate(families.items()):
             # Families side by side at one batch size, a few percent apart on the log axis, so the bars do not overlap.
             shift = 2 ** (0.04 * (i - (len(families) - 1) / 2))
@@ -382,13 +383,13 @@ def _plot_against_batch(rows: Sequence[Mapping[str, Any]], output_dir: Path) -> 
                             label=family)  # fmt: skip
             if low.any() and (~low).any():  # the line goes on, dotted, to the points below the axis
                 ax.plot(x, np.maximum(y, bottom + 0.3), ls=":", color=colour, linewidth=1)
-            for j, (row, xi, yi) in enumerate(zip([r for r, is_low in zip(line, low) if is_low], x[low], y[low])):
+            for j, index in enumerate(np.flatnonzero(low)):
                 label = family if j == 0 and not (~low).any() else None
-                ax.plot([xi], [bottom + 0.3], marker="v", color=colour, ls="none", label=label)
-                stacked = below_at.get(row["batch_size"], 0)
-                below_at[row["batch_size"]] = stacked + 1
-                ax.annotate(f"{yi:.1f}", (xi, bottom + 0.3), textcoords="offset points", xytext=(6, -3 + 8 * stacked),
-                            fontsize=7, color=colour)  # fmt: skip
+                ax.plot([x[index]], [bottom + 0.3], marker="v", color=colour, ls="none", label=label)
+                stacked = below_at[line[index]["batch_size"]]
+                below_at[line[index]["batch_size"]] += 1
+                ax.annotate(f"{y[index]:.1f}", (x[index], bottom + 0.3), textcoords="offset points",
+                            xytext=(6, -3 + 8 * stacked), fontsize=7, color=colour)  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set(xlabel="batch size (images)", title=title, ylim=(bottom, min(100.0, top + 0.5)))
         ax.grid(alpha=0.3)
