@@ -136,3 +136,30 @@ def check_fraction(value: Any, name: str) -> float:
     if not 0.0 < value < 1.0:
         raise ValueError(f"{name} must be strictly between 0 and 1, got {value!r}")
     return value
+
+
+def check_indices_tuple(indices_tuple: Any, num_queries: int, database_size: int) -> None:
+    """PML's ``indices_tuple``: None, (anchors, positives, negatives) or (anchors, positives, anchors, negatives) of
+    1-D integer tensors, anchors < ``num_queries`` and the others < ``database_size`` (one host sync)."""
+    if indices_tuple is None:
+        return
+    if not isinstance(indices_tuple, (tuple, list)) or len(indices_tuple) not in (3, 4):
+        raise TypeError(
+            "indices_tuple must be a tuple (anchors, positives, negatives) or (anchors, positives, anchors, negatives) "
+            f"of index tensors, as PML's miners return, got {type(indices_tuple).__name__}"
+        )
+    anchor_slots = (0,) if len(indices_tuple) == 3 else (0, 2)
+    for slot, index in enumerate(indices_tuple):
+        if not torch.is_tensor(index) or index.ndim != 1 or index.is_floating_point() or index.dtype == torch.bool:
+            raise TypeError(f"indices_tuple[{slot}] must be a 1-D integer tensor of batch indices")
+        anchor = slot in anchor_slots
+        size = num_queries if anchor else database_size
+        if len(index) == 0:
+            continue
+        low, high = int(index.min()), int(index.max())
+        if low < 0 or high >= size:
+            of = "embeddings" if anchor else "the database (ref_emb, or the batch itself)"
+            raise ValueError(
+                f"indices_tuple[{slot}] holds index {low if low < 0 else high} outside {of}, which has {size} rows; "
+                f"mine the tuple on this batch (indices 0 … {size - 1})"
+            )

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 from pytorch_metric_learning import losses as pml_losses
-from pytorch_metric_learning.distances import DotProductSimilarity
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from .._checks import check_bool, check_embeddings, check_labels, check_positive_int
-from .recall_k_surrogate_loss import RecallKSurrogateLoss, float_embeddings, loss_precision
-from .similarity_mixup import DATABASE_ONLY, SimilarityMixup, mix_embeddings, virtual_items_of_parents
+from .recall_k_surrogate_loss import RecallKSurrogateLoss, float_embeddings
+from .similarity_mixup import DATABASE_ONLY, SimilarityMixup, virtual_items_of_parents
 
 UNKNOWN_SAMPLE_ID = -1
 
@@ -206,42 +205,37 @@ class CrossBatchMemory(pml_losses.CrossBatchMemory):
         self.sample_id_memory = self.sample_id_memory.to(device=device)
 
     def _recall_loss(self, queries, query_labels, query_ids, enqueued_items, indices_tuple, queries_enqueued):
-        """RS@k of the queries against the memory, own entries (and stale copies) left out; reduced."""
-        rsk = self.recall_loss
-        rsk.reset_stats()
+        """RS@k of the queries against the memory, own entries (and stale copies) left out, through RS@k's one entry
+        point (:meth:`RecallKSurrogateLoss.forward` with ``ref_emb``, ``self_index``, ``excluded``, ``ref_mixup``)."""
         memory, memory_labels, memory_ids = self.filled_memory()
-        self_index = self.curr_batch_idx if queries_enqueued else None
         if len(queries) == 0 or len(memory) == 0:
-            return rsk.reducer(rsk.zero_losses(), queries, query_labels)
+            return (queries * 0).sum()  # nothing to rank: a zero that keeps the graph (PML's zero loss)
+        self_index = self.curr_batch_idx if queries_enqueued else None
         excluded = None if query_ids is None else stale_copies(query_ids, memory_ids, self_index)
-        weights = self._query_weights(queries, query_labels, memory, memory_labels, indices_tuple, queries_enqueued)
-        with loss_precision(queries):
-            enqueued, enqueued_labels = enqueued_items
-            query_emb, database = float_embeddings(queries), memory
-            if not self.detach_batch and len(enqueued) > 0:
-                # The batch's own columns are its live embeddings: in-batch pairs get gradient on both sides.
-                database = memory.index_put((self.curr_batch_idx,), float_embeddings(enqueued).to(memory.dtype))
-            if not isinstance(rsk.distance, DotProductSimilarity):  # another similarity: no SiMix, dense only
-                sim = rsk.distance(query_emb, database)
-                loss_dict = rsk.loss_from_similarities(sim, query_labels, memory_labels, self_index, excluded, weights)
-            else:
-                seen_query, seen_database = (
-                    rsk.distance.maybe_normalize(query_emb),
-                    rsk.distance.maybe_normalize(database),
-                )
-                database_labels = memory_labels
-                if isinstance(self.loss, SimilarityMixup) and self.loss.training:
-                    seen_database, database_labels, excluded = self._mix_database(
-                        seen_database, memory_labels, enqueued_labels, excluded, len(queries), queries_enqueued
-                    )
-                loss_dict = rsk.loss_from_normalized_embeddings(
-                    seen_query, query_labels, seen_database, database_labels, self_index, excluded, weights
-                )
-        rsk.add_embedding_regularization_to_loss_dict(loss_dict, queries)
-        return rsk.reducer(loss_dict, queries, query_labels)
+        anchors = self._anchors(queries, query_labels, memory, memory_labels, indices_tuple, queries_enqueued)
+        enqueued, enqueued_labels = enqueued_items
+        database = memory
+        if not self.detach_batch and len(enqueued) > 0:
+            # The batch's own columns are its live embeddings: in-batch pairs get gradient on both sides.
+            database = memory.index_put((self.curr_batch_idx,), float_embeddings(enqueued).to(memory.dtype))
+        mixup = None
+        if isinstance(self.loss, SimilarityMixup) and self.loss.training:
+            mixup, excluded = self._mixup(enqueued_labels, len(memory), excluded, len(queries), queries_enqueued)
+        return self.recall_loss(
+            queries,
+            query_labels,
+            None if anchors is None else (anchors, anchors[:0], anchors[:0]),
+            database,
+            memory_labels,
+            self_index=self_index,
+            excluded=excluded,
+            ref_mixup=mixup,
+        )
 
-    def _query_weights(self, queries, query_labels, memory, memory_labels, indices_tuple, queries_enqueued):
-        """Per-query weights from the miner's and the caller's tuples (anchors only), or None (all ones)."""
+    def _anchors(self, queries, query_labels, memory, memory_labels, indices_tuple, queries_enqueued):
+        """The anchors of the miner's and the caller's tuples, or None. RS@k weights each query by its count over the
+        largest (PML's ``convert_to_weights`` with a reference set reads only the anchors of a tuple, so they are
+        passed as a triplet tuple with no positives or negatives)."""
         anchors = []
         if self.miner is not None:
             mined = self.miner(float_embeddings(queries), query_labels, memory, memory_labels)
@@ -252,29 +246,20 @@ class CrossBatchMemory(pml_losses.CrossBatchMemory):
             anchors.append(lmu.get_anchors(indices_tuple))
         if not anchors:
             return None
-        anchors = torch.cat([a.to(queries.device) for a in anchors])
-        weights = torch.zeros(len(queries), dtype=float_embeddings(queries).dtype, device=queries.device)
-        if len(anchors) == 0:  # PML's rule (convert_to_weights): an empty tuple weights every query 1
-            return weights + 1
-        anchors, counts = torch.unique(anchors, return_counts=True)
-        weights[anchors] = counts.to(weights.dtype) / counts.max()
-        return weights
+        return torch.cat([a.to(queries.device) for a in anchors])
 
-    def _mix_database(self, seen_database, memory_labels, enqueued_labels, excluded, num_queries, queries_enqueued):
-        """Append SiMix's virtual items v = α·ê_i + (1−α)·ê_j for same-class pairs (i, j) of the enqueued batch
-        (docs/method.md §3), so s(q, v) = α·s(q, i) + (1−α)·s(q, j); a query's own virtual items join its excluded
-        columns."""
-        pairs = self.loss.draw_pairs(enqueued_labels.to(seen_database.device))
+    def _mixup(self, enqueued_labels, memory_size, excluded, num_queries, queries_enqueued):
+        """SiMix's pairs (i, j) of the enqueued batch as ``ref_mixup`` of their memory columns (docs/method.md §3),
+        and each query's own virtual items added to its excluded columns."""
+        pairs = self.loss.draw_pairs(enqueued_labels)
         if pairs is None:
-            return seen_database, memory_labels, excluded
+            return None, excluded
         first, second, alpha = pairs
         columns = self.curr_batch_idx
-        virtual = mix_embeddings(seen_database, columns[first], columns[second], alpha.to(seen_database.dtype))
-        database_labels = torch.cat([memory_labels, enqueued_labels[first]])
         if queries_enqueued:
-            parents = virtual_items_of_parents(first, second, num_queries, offset=len(seen_database))
+            parents = virtual_items_of_parents(first, second, num_queries, offset=memory_size)
             excluded = parents if excluded is None else torch.cat([excluded, parents], dim=1)
-        return torch.cat([seen_database, virtual]), database_labels, excluded
+        return (columns[first], columns[second], alpha), excluded
 
 
 def stale_copies(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimilarity
@@ -14,12 +15,14 @@ from .. import functional
 from .._checks import (
     check_bool,
     check_embeddings,
+    check_indices_tuple,
     check_k_values,
     check_labels,
     check_positive_float,
     check_positive_int,
     check_real,
 )
+from .efficient_gather import EfficientGather
 
 PATHS = ("auto", "dense", "tiled", "fused")
 # path="auto" takes the tiled path when the Nq×N similarities would have more elements than this (64 MB in float32):
@@ -105,8 +108,51 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
     def get_default_distance(self):
         return CosineSimilarity()
 
-    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
-        """PML's forward, after checking the inputs (so that a bad one is named, not met deep inside PML)."""
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        indices_tuple=None,
+        ref_emb: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+        *,
+        self_index: torch.Tensor | None = None,
+        excluded: torch.Tensor | None = None,
+        ref_mixup: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The reduced loss of the queries ``embeddings`` against the database ``ref_emb`` (default: the batch).
+
+        The one entry point for "these queries, this database, these exclusions" (``CrossBatchMemory`` calls it;
+        a wrapper should too). PML's arguments, plus three keywords that need ``ref_emb`` (without it the batch
+        is its own database and each query's own column is left out automatically):
+
+        - ``self_index`` (Nq,) long: the database column that holds each query itself (-1: none). It is never
+          a positive, and is outside the query's database unless ``count_query_in_rank``.
+        - ``excluded`` (Nq, X) long: further database columns outside each query's database, padded with -1.
+          An index rather than a mask, so the dense, tiled and fused paths take it without an Nq×N (or Nq×N×N)
+          tensor.
+        - ``ref_mixup`` ``(first, second, alpha)``, each (V,): V virtual database items
+          ``alpha·ê[first] + (1 − alpha)·ê[second]`` mixed from the database columns as the similarity sees them
+          (L2-normalised for ``CosineSimilarity``; not re-normalised), labelled ``ref_labels[first]`` and appended
+          as columns ``len(ref_emb) … len(ref_emb) + V − 1`` (``excluded`` may name them). SiMix's database mode;
+          needs a dot-product similarity.
+
+        Called by PML's ``DistributedLossWrapper(..., efficient=True)``, each query's own gathered copy is found
+        and left out, and the other ranks' columns carry gradient back to their ranks, so that the step is the
+        full batch's (see :class:`~pml_recallk.losses.efficient_gather.EfficientGather`).
+
+        Example:
+            >>> import torch
+            >>> from pml_recallk import RecallKSurrogateLoss
+            >>> queries, database = torch.randn(4, 8), torch.randn(10, 8)
+            >>> queries_labels, database_labels = torch.tensor([0, 1, 2, 3]), torch.arange(10) % 4
+            >>> database[:4] = queries  # the queries are also columns 0-3 of the database
+            >>> loss = RecallKSurrogateLoss(k_values=(1, 2))(
+            ...     queries, queries_labels, ref_emb=database, ref_labels=database_labels,
+            ...     self_index=torch.arange(4), excluded=torch.tensor([[9], [-1], [-1], [-1]]))
+            >>> loss.shape
+            torch.Size([])
+        """
         c_f.labels_required(labels)
         check_embeddings(embeddings, "embeddings")
         check_labels(labels, "labels", length=len(embeddings))
@@ -114,23 +160,42 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
             _check_reference(embeddings, ref_emb, ref_labels)
         elif ref_labels is not None:
             raise ValueError("ref_labels was given without ref_emb; pass the embeddings of ref_labels as ref_emb")
-        return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        elif self_index is not None or excluded is not None or ref_mixup is not None:
+            raise ValueError(
+                "self_index, excluded and ref_mixup name columns of ref_emb; pass ref_emb and ref_labels with them "
+                "(without ref_emb each query's own column is left out automatically)"
+            )
+        self.reset_stats()
+        labels = c_f.to_device(labels, embeddings)
+        ref_emb, ref_labels = c_f.set_ref_emb(embeddings, labels, ref_emb, ref_labels)
+        database = _Database.checked(len(embeddings), ref_emb, self_index, excluded, ref_mixup, self.distance)
+        check_indices_tuple(indices_tuple, len(embeddings), len(ref_emb))
+        gathered = None
+        if ref_emb is not embeddings and all(part is None for part in database):  # no column named: PML's call
+            gathered = EfficientGather.detect(self, embeddings, labels, ref_emb, ref_labels)
+        if gathered is not None:
+            ref_emb, database = gathered.database, database._replace(self_index=gathered.self_index)
+        loss_dict = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels, database=database)
+        self.add_embedding_regularization_to_loss_dict(loss_dict, embeddings)
+        loss = self.reducer(loss_dict, embeddings, labels)
+        return loss if gathered is None else gathered.share_of_global_mean(loss, loss_dict)
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, database=None):
         same_set = ref_emb is embeddings
+        database = database or _Database(None, None, None)
         with loss_precision(embeddings):
             query = float_embeddings(embeddings)
-            database = query if same_set else float_embeddings(ref_emb)
-            self_index = torch.arange(len(query), device=query.device) if same_set else None
+            self_index = torch.arange(len(query), device=query.device) if same_set else database.self_index
             weights = lmu.convert_to_weights(indices_tuple, labels, dtype=query.dtype, using_ref=not same_set)
             if not isinstance(self.distance, DotProductSimilarity):
-                sim = self.distance(query, database)
-                return self.loss_from_similarities(sim, labels, ref_labels, self_index, weights=weights)
+                sim = self.distance(query, float_embeddings(ref_emb))
+                return self.loss_from_similarities(sim, labels, ref_labels, self_index, database.excluded, weights)
             seen_query = self.distance.maybe_normalize(query)
-            seen_database = seen_query if same_set else self.distance.maybe_normalize(database)
-            self.distance.set_default_stats(query, database, seen_query, seen_database)
+            seen_database = seen_query if same_set else self.distance.maybe_normalize(float_embeddings(ref_emb))
+            self.distance.set_default_stats(query, ref_emb, seen_query, seen_database)
+            seen_database, database_labels = database.mixed(seen_database, ref_labels)
             return self.loss_from_normalized_embeddings(
-                seen_query, labels, seen_database, ref_labels, self_index, weights=weights
+                seen_query, labels, seen_database, database_labels, self_index, database.excluded, weights=weights
             )
 
     def resolve_path(self, num_queries: int, database_size: int) -> str:
@@ -225,6 +290,69 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
         if weights is not None:
             losses = losses * weights[indices]
         return {"loss": {"losses": losses, "indices": indices, "reduction_type": "element"}}
+
+
+class _Database(NamedTuple):
+    """The keywords of :meth:`RecallKSurrogateLoss.forward` that shape each query's database."""
+
+    self_index: torch.Tensor | None
+    excluded: torch.Tensor | None
+    ref_mixup: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+
+    @classmethod
+    def checked(cls, num_queries: int, ref_emb, self_index, excluded, ref_mixup, distance) -> _Database:
+        database_size = len(ref_emb)
+        if ref_mixup is not None:
+            ref_mixup = _check_ref_mixup(ref_mixup, database_size, distance, ref_emb.device)
+            database_size += len(ref_mixup[0])
+        if self_index is not None:
+            _check_columns(self_index, "self_index", (num_queries,), len(ref_emb), ref_emb.device)
+        if excluded is not None:
+            _check_columns(excluded, "excluded", (num_queries, -1), database_size, ref_emb.device)
+        return cls(self_index, excluded, ref_mixup)
+
+    def mixed(self, seen_database: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The database with the virtual items of ``ref_mixup`` appended (from the embeddings the similarity sees:
+        s(q, v) = α·s(q, first) + (1 − α)·s(q, second) exactly)."""
+        if self.ref_mixup is None:
+            return seen_database, labels
+        first, second, alpha = self.ref_mixup
+        a = alpha.to(seen_database.dtype)[:, None]
+        virtual = a * seen_database[first] + (1 - a) * seen_database[second]
+        return torch.cat([seen_database, virtual]), torch.cat([labels, labels[first]])
+
+
+def _check_columns(index, name: str, shape: tuple[int, ...], database_size: int, device) -> None:
+    """An integer index of database columns, -1 for none (padding)."""
+    if not torch.is_tensor(index) or index.is_floating_point() or index.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor of database columns (-1: none), got {type(index).__name__}")
+    if index.ndim != len(shape) or index.shape[0] != shape[0]:
+        want = "(num_queries,)" if len(shape) == 1 else "(num_queries, X)"
+        raise ValueError(f"{name} must have shape {want} = ({shape[0]}, ...), got {tuple(index.shape)}")
+    if index.device != device:
+        raise ValueError(f"{name} is on {index.device} but ref_emb on {device}; move it")
+    if index.numel() > 0 and not (-1 <= int(index.min()) and int(index.max()) < database_size):
+        raise ValueError(
+            f"{name} holds a column outside -1 … {database_size - 1} (the database's columns; -1 means none)"
+        )
+
+
+def _check_ref_mixup(ref_mixup, database_size: int, distance, device):
+    if not isinstance(distance, DotProductSimilarity):
+        raise ValueError(
+            "ref_mixup mixes similarities linearly, which needs CosineSimilarity or DotProductSimilarity, not "
+            f"{type(distance).__name__}"
+        )
+    if not isinstance(ref_mixup, (tuple, list)) or len(ref_mixup) != 3:
+        raise TypeError("ref_mixup must be a tuple (first, second, alpha) of three 1-D tensors")
+    first, second, alpha = ref_mixup
+    if not torch.is_tensor(alpha) or not alpha.is_floating_point() or alpha.ndim != 1:
+        raise TypeError("ref_mixup's alpha must be a 1-D floating-point tensor (one mixing weight per virtual item)")
+    for name, index in (("first", first), ("second", second)):
+        _check_columns(index, f"ref_mixup's {name}", (len(alpha),), database_size, device)
+        if index.numel() > 0 and int(index.min()) < 0:
+            raise ValueError(f"ref_mixup's {name} must name database columns (>= 0)")
+    return first, second, alpha
 
 
 def _nonfinite_message(embeddings) -> str:
