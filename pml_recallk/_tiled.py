@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from ._excluded import excluded_sigmoids, excluded_similarities, subtract_excluded_grad
+
 KERNELS = ("torch", "triton")
 
 # Elements of one |Q|×|P|×N sigmoid tensor per chunk when the chunk size is chosen automatically: small enough to stay
@@ -45,17 +47,6 @@ def default_tile_size(database_size: int, device: torch.device | str = "cpu") ->
     return max(1, _budget(_TILE_ELEMENTS, device) // max(1, database_size))
 
 
-def excluded_similarities(sim, excluded, rank_temperature=1.0):
-    """s_x/τ for the excluded columns x of each row: (Q, X) (padding -1 reads column 0; masked later)."""
-    return sim.gather(1, excluded.clamp(min=0)) / rank_temperature
-
-
-def excluded_sigmoids(excluded_sim, positive_sim, excluded):
-    """σ(s_x/τ − s_p/τ) for the excluded columns x of a chunk: (Q, P, X), zero where x is padding (-1)."""
-    sig = (excluded_sim[:, None, :] - positive_sim[:, :, None]).sigmoid()
-    return sig * (excluded >= 0)[:, None, :]
-
-
 def _chunk_ranks(scaled, positive_index, excluded):
     """½ + Σ_z σ(s_z − s_p) − Σ_x σ(s_x − s_p) for a chunk of similarities already divided by τ: (Q, P)."""
     positive_sim = scaled.gather(1, positive_index)
@@ -82,14 +73,6 @@ def _chunk_rank_grad(scaled, positive_index, excluded, weight):
             grad, grad_positive, excluded_similarities(scaled, excluded), positive_sim, excluded, weight
         )
     return grad.scatter_add_(1, positive_index, grad_positive)
-
-
-def subtract_excluded_grad(grad, grad_positive, excluded_sim, positive_sim, excluded, weight):
-    """Remove the excluded columns' terms from a chunk's gradient (in place); similarities already divided by τ."""
-    sig_x = excluded_sigmoids(excluded_sim, positive_sim, excluded)
-    w_x = sig_x * (1 - sig_x) * weight[:, :, None]
-    grad.scatter_add_(1, excluded.clamp(min=0), -w_x.sum(1))
-    grad_positive += w_x.sum(2)
 
 
 def tile_ranks(sim, positive_index, excluded, rank_temperature, chunk_size, kernel="torch"):

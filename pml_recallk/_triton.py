@@ -9,7 +9,7 @@ One kernel does both: a program takes one query and one block of 256 columns, co
 registers, and writes per-block partial sums (T, P, N/256) that are then summed in a fixed order (deterministic, no
 atomics); in backward it also writes the block's column gradients. The T×P×N terms are never stored (the PyTorch
 path holds one chunk of them), and backward needs one pass over them, not two. The excluded columns' small
-(T, P, X) correction and the scatter onto the positives' columns stay in PyTorch (:mod:`pml_recallk._tiled`). On
+(T, P, X) correction and the scatter onto the positives' columns stay in PyTorch (:mod:`pml_recallk._excluded`). On
 CUDA the kernel is compiled; on CPU tensors it runs in Triton's interpreter, which is slow and only meant for tests
 (enabled with ``TRITON_INTERPRET=1``).
 """
@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from ._tiled import excluded_sigmoids, excluded_similarities, subtract_excluded_grad
+from ._excluded import excluded_sigmoids, excluded_similarities, subtract_excluded_grad
 
 try:
     import triton
