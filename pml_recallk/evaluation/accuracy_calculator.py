@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -22,7 +21,6 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
 from .._checks import check_k_values
-from ..datasets import recall_k_values
 from .clustering import SklearnKMeans
 from .knn import ChunkedKNN, faiss_available
 
@@ -36,22 +34,16 @@ _LARGEST_EXACT_FLOAT32_INT = 2**24
 _HIT_RANK_ROWS = 8192
 
 
-def __getattr__(name: str) -> Any:
-    if name == "DATASET_K_VALUES":
-        warnings.warn(_DATASET_K_VALUES_DEPRECATED, DeprecationWarning, stacklevel=2)
-        return _dataset_k_values()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-_DATASET_K_VALUES_DEPRECATED = (
-    "DATASET_K_VALUES is deprecated and will be removed in the next release; use "
-    "pml_recallk.datasets.recall_k_values(name), or the dataset class's recall_k_values attribute"
-)
-
-
-def _dataset_k_values() -> dict[str, tuple[int, ...]]:
-    """What ``DATASET_K_VALUES`` held: the k of each of the paper's five benchmarks."""
-    return {name: recall_k_values(name) for name in ("cub", "cars196", "sop", "inaturalist", "vehicleid")}
+def _check_device(device: Any) -> torch.device:
+    """A torch.device (or its name) that exists on this machine, so that a missing GPU is named up front."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be a torch.device or its name (e.g. 'cpu', 'cuda:0'), got {device!r}") from error
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        found = f"{torch.cuda.device_count()} GPU(s)" if torch.cuda.is_available() else "no GPU"
+        raise ValueError(f"device={str(device)!r} but this machine has {found}; use device='cpu' (or leave it unset)")
+    return device
 
 
 class RecallAtKAccuracyCalculator(AccuracyCalculator):
@@ -90,7 +82,7 @@ class RecallAtKAccuracyCalculator(AccuracyCalculator):
 
     Args:
         k_values: the k of ``recall_at_<k>``: distinct positive ints in any order (stored sorted); a repeated k
-            is a ``ValueError``, as for the loss. A benchmark's k: ``pml_recallk.datasets.recall_k_values(name)``.
+            is a ``ValueError``, as for the loss. A benchmark's k: its dataset class's ``recall_k_values``.
         **kwargs: ``AccuracyCalculator`` arguments: ``include``, ``exclude``, ``avg_of_avgs``,
             ``return_per_class``, ``k``, ``label_comparison_fn``, ``device``, ``knn_func``, ``kmeans_func``.
 
@@ -111,37 +103,13 @@ class RecallAtKAccuracyCalculator(AccuracyCalculator):
         for name, k in self.recall_metrics.items():
             # PML discovers metrics through dir(self) in __init__, which lists instance attributes too.
             setattr(self, f"calculate_{name}", functools.partial(self._calculate_recall_at_k, k=k))
-        if isinstance(kwargs.get("device"), str):  # PML needs a torch.device (it reads device.type)
-            kwargs["device"] = torch.device(kwargs["device"])
+        if kwargs.get("device") is not None:  # PML needs a torch.device (it reads device.type)
+            kwargs["device"] = _check_device(kwargs["device"])
         if kwargs.get("knn_func") is None:
             kwargs["knn_func"] = ChunkedKNN()
         if kwargs.get("kmeans_func") is None and not faiss_available():
             kwargs["kmeans_func"] = SklearnKMeans()
         super().__init__(**kwargs)
-
-    @classmethod
-    def for_dataset(cls, name: str, **kwargs: Any) -> RecallAtKAccuracyCalculator:
-        """Deprecated: the k of each benchmark now live with its dataset class (``CUB200.recall_k_values``).
-
-        Use instead::
-
-            k_values = pml_recallk.datasets.recall_k_values(name)
-            include = tuple(f"recall_at_{k}" for k in k_values) + ("mean_average_precision_at_r",)
-            RecallAtKAccuracyCalculator(k_values=k_values, include=include)
-
-        which is what this method returns (``include`` can still be overridden).
-        """
-        warnings.warn(
-            "RecallAtKAccuracyCalculator.for_dataset is deprecated and will be removed in the next release; use "
-            "RecallAtKAccuracyCalculator(k_values=pml_recallk.datasets.recall_k_values(name), include=...)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        if "k_values" in kwargs:
-            raise TypeError("for_dataset chooses k_values; to set them, call RecallAtKAccuracyCalculator(k_values=...)")
-        k_values = recall_k_values(name)
-        kwargs.setdefault("include", tuple(f"recall_at_{k}" for k in k_values) + ("mean_average_precision_at_r",))
-        return cls(k_values=k_values, **kwargs)
 
     def requires_knn(self) -> list[str]:
         return super().requires_knn() + ["mean_reciprocal_rank"] + list(self.recall_metrics)

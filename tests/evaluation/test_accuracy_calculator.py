@@ -12,7 +12,6 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from recall_reference import hit_bounds, per_class, recall_bounds, squared_euclidean
 
 from pml_recallk import RecallAtKAccuracyCalculator
-from pml_recallk.datasets import recall_k_values
 from pml_recallk.evaluation import ChunkedKNN, accuracy_calculator
 
 K_VALUES = (1, 2, 3, 5, 10, 32)
@@ -326,39 +325,31 @@ def test_k_values_are_sorted():
     assert {"recall_at_1", "recall_at_5", "recall_at_16"} <= set(calc.get_curr_metrics())
 
 
-# The paper's values of recall_k_values are tested in tests/datasets/test_benchmark_datasets.py.
-BENCHMARKS = ["cars196", "cub", "inaturalist", "sop", "vehicleid"]  # the paper's five
-
-
-@pytest.mark.parametrize("name", BENCHMARKS)
-def test_deprecated_for_dataset_still_gives_the_paper_protocol(name):
-    with pytest.deprecated_call(match="recall_k_values"):
-        calc = RecallAtKAccuracyCalculator.for_dataset(name)
-    assert calc.k_values == recall_k_values(name)
-    assert set(calc.get_curr_metrics()) == {f"recall_at_{k}" for k in recall_k_values(name)} | {
-        "mean_average_precision_at_r"
-    }
-    with pytest.deprecated_call():
-        upper = RecallAtKAccuracyCalculator.for_dataset(name.upper(), include=("recall_at_1",))
-    assert upper.get_curr_metrics() == ["recall_at_1"]
-
-
-def test_deprecated_dataset_k_values_table():
+def test_shims_of_release_0_1_are_gone():
+    # for_dataset and DATASET_K_VALUES made evaluation import datasets; a benchmark's k live with its dataset class.
     import pml_recallk.evaluation as evaluation
-    from pml_recallk.evaluation import accuracy_calculator
 
-    for module in (evaluation, accuracy_calculator):
-        with pytest.deprecated_call(match="recall_k_values"):
-            assert module.DATASET_K_VALUES == {name: recall_k_values(name) for name in BENCHMARKS}
-    with pytest.raises(AttributeError):
-        evaluation.NO_SUCH_NAME  # noqa: B018
+    assert not hasattr(RecallAtKAccuracyCalculator, "for_dataset")
+    assert not hasattr(evaluation, "DATASET_K_VALUES") and not hasattr(accuracy_calculator, "DATASET_K_VALUES")
 
 
-def test_dataset_preset_errors():
-    with pytest.deprecated_call(), pytest.raises(ValueError, match="cub"):
-        RecallAtKAccuracyCalculator.for_dataset("cifar")
-    with pytest.deprecated_call(), pytest.raises(TypeError, match="k_values"):
-        RecallAtKAccuracyCalculator.for_dataset("sop", k_values=(1,))
+@pytest.mark.parametrize("device", ["cuda", "cuda:7", torch.device("cuda", 3)])
+def test_a_gpu_device_this_machine_lacks_is_named(device, monkeypatch):
+    # A16: device="cuda" without a GPU raised torch's "Found no NVIDIA driver" from deep inside, device not named.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ValueError, match="device=.cuda.*no GPU.*device='cpu'"):
+        RecallAtKAccuracyCalculator(device=device)
+
+
+def test_a_device_that_is_no_device_is_named():
+    with pytest.raises(ValueError, match="device must be a torch.device or its name"):
+        RecallAtKAccuracyCalculator(device="gpu0")
+
+
+def test_cpu_device_by_name_or_object():
+    for device in ("cpu", torch.device("cpu")):
+        assert RecallAtKAccuracyCalculator(device=device).device == torch.device("cpu")
 
 
 @pytest.mark.parametrize(
