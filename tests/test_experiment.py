@@ -24,6 +24,7 @@ from pml_recallk.experiments.checkpoints import CHECKPOINT_FORMAT, load_checkpoi
 from pml_recallk.experiments.config import ConfigError
 from pml_recallk.experiments.plots import recall_axis_limits
 from pml_recallk.experiments.train import _epoch_counter, evaluate_checkpoint, run_experiment
+from pml_recallk.losses.recall_k_surrogate_loss import contains_recall_k_surrogate
 
 TINY = [
     "data.image_size=16",
@@ -316,14 +317,16 @@ def test_an_init_checkpoint_that_is_missing_or_does_not_fit_is_a_clear_error(tin
 
 
 def test_pml_prints_no_missing_embedder_warning(tiny_config, caplog):
-    datasets = build_datasets(tiny_config, ["train"])
+    train = build_datasets(tiny_config, ["train"])["train"]
     model = builders.build_model(tiny_config)
     loss, miner = builders.build_loss(tiny_config, num_classes=8)
     optimizers = builders.build_optimizers(tiny_config, model, loss)
     parts = {"model": model, "loss": loss, "miner": miner, "optimizers": optimizers, "scheduler": None}
     with caplog.at_level(logging.INFO, logger="PML"):
-        builders.build_trainer(tiny_config, parts, datasets["train"], torch.device("cpu"), 16, 2, print, print)
+        trainer = builders.build_trainer(tiny_config, parts, train, torch.device("cpu"), 16, 2, print, print)
     assert not [r for r in caplog.records if "missing" in r.getMessage()], caplog.text
+    # The command, which knows the loss, passes the trainer RS@k's collapse monitor (the trainer imports no loss).
+    assert (trainer.loss_monitor is not None) == contains_recall_k_surrogate(loss)
 
 
 def test_the_progress_bar_counts_epochs():

@@ -28,9 +28,11 @@ from .. import losses as losses_module
 from ..datasets import class_disjoint_split
 from ..datasets.common import ClassSubset
 from ..evaluation import RecallAtKAccuracyCalculator
+from ..losses.recall_k_surrogate_loss import contains_recall_k_surrogate
 from ..models import build_model as build_named_model
 from ..models import transforms
 from ..trainers import MemoryEfficientTrainer
+from ..trainers.collapse import CollapseMonitor
 from .config import ConfigError
 from .registry import GRAYSCALE_DATASETS, LOSSES, dataset_class
 
@@ -380,4 +382,6 @@ def build_trainer(
         chunk_size=train["chunk_size"] or batch_size,
         amp=mixed_precision_dtype(train["mixed_precision"], device),
         batchnorm="freeze" if train["freeze_batchnorm"] else "chunk_statistics",
+        # RS@k at its ceiling of 1 has no gradient: warn when it stalls there (trainers/collapse.py).
+        loss_monitor=CollapseMonitor().loss_hook() if contains_recall_k_surrogate(parts["loss"]) else None,
     )

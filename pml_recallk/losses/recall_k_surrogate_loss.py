@@ -431,6 +431,15 @@ def _check_k_temperature(value, k_values: list[int]) -> float | list[float]:
     return [check_positive_float(t, "k_temperature") for t in value]
 
 
+def contains_recall_k_surrogate(loss: object) -> bool:
+    """RS@k itself, or a wrapper around it (SimilarityMixup, CrossBatchMemory, ...: their ``loss`` attribute)."""
+    while loss is not None:
+        if isinstance(loss, RecallKSurrogateLoss):
+            return True
+        loss = getattr(loss, "loss", None)
+    return False
+
+
 def float_embeddings(embeddings: torch.Tensor) -> torch.Tensor:
     """float16/bfloat16 → float32, so that (s_z − s_p)/0.01 does not overflow or lose the ranking."""
     return embeddings.float() if embeddings.dtype in (torch.float16, torch.bfloat16) else embeddings

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -169,6 +169,15 @@ class CollapseMonitor:
                 "steps: the surrogate reaches no query of the batch (its positives rank far beyond the largest k), "
                 "so its gradient is about zero",
             )
+
+    def loss_hook(self, loss_name: str = "metric_loss", ceiling: float = 1.0) -> Callable[[Mapping[str, float]], None]:
+        """A ``loss_monitor`` for :class:`~pml_recallk.MemoryEfficientTrainer`: :meth:`observe_loss` of the step's
+        ``loss_name`` against ``ceiling`` (RS@k's: 1). The trainer knows no loss; whoever builds it passes this."""
+
+        def observe(losses: Mapping[str, float]) -> None:
+            self.observe_loss(float(losses[loss_name]), ceiling=ceiling)
+
+        return observe
 
     def observe_validation(self, curve: Sequence[float], floor: float | None = None) -> None:
         message = validation_collapse(curve, floor, self.validation_ratio)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Mapping
 
 import torch
 from pytorch_metric_learning.trainers import MetricLossOnly
@@ -11,8 +12,6 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .._checks import check_bool, check_positive_int
-from ..losses.recall_k_surrogate_loss import RecallKSurrogateLoss
-from .collapse import CollapseMonitor
 from .gradient_cache import NonFiniteStepWarning, cached_backward, check_amp_supported
 
 BATCHNORM_POLICIES = ("freeze", "chunk_statistics")
@@ -49,6 +48,10 @@ class MemoryEfficientTrainer(MetricLossOnly):
             ``FloatingPointError`` naming the epoch and iteration before any optimizer step (True), or skip that
             step with a warning in PML's logger (False).
         progress_bar: show a progress bar over the chunks of each step.
+        loss_monitor: called after every step that was taken (not a skipped non-finite one) with the step's
+            losses as floats (``"metric_loss"``, ``"total_loss"``, ...): a hook for whoever knows what the loss's
+            values mean, e.g. ``CollapseMonitor().loss_hook()`` (:mod:`pml_recallk.trainers.collapse`), which
+            warns when RS@k stays at its ceiling of 1, where it has no gradient.
 
     Example::
 
@@ -56,7 +59,7 @@ class MemoryEfficientTrainer(MetricLossOnly):
             models={"trunk": trunk}, optimizers={"trunk_optimizer": optimizer}, batch_size=4000,
             loss_funcs={"metric_loss": RecallKSurrogateLoss()}, dataset=train_set,
             sampler=MPerClassSampler(train_set.labels, m=4, batch_size=4000), chunk_size=200,
-            amp=torch.bfloat16,
+            amp=torch.bfloat16, loss_monitor=CollapseMonitor().loss_hook(),
         )
         trainer.train(num_epochs=10)
     """
@@ -69,6 +72,7 @@ class MemoryEfficientTrainer(MetricLossOnly):
         batchnorm: str = "freeze",
         stop_on_nan: bool = True,
         progress_bar: bool = False,
+        loss_monitor: Callable[[Mapping[str, float]], None] | None = None,
         **kwargs,
     ):
         self.chunk_size = check_positive_int(chunk_size, "chunk_size")
@@ -76,9 +80,10 @@ class MemoryEfficientTrainer(MetricLossOnly):
         self.batchnorm = _check_batchnorm(batchnorm)
         self.stop_on_nan = check_bool(stop_on_nan, "stop_on_nan")
         self.progress_bar = check_bool(progress_bar, "progress_bar")
+        if loss_monitor is not None and not callable(loss_monitor):
+            raise TypeError(f"loss_monitor must be a callable taking the step's losses, got {loss_monitor!r}")
+        self.loss_monitor = loss_monitor
         super().__init__(*args, **kwargs)
-        # RS@k whose loss sits at its ceiling gets no gradient: say so (trainers/collapse.py, docs/han_benchmark.md).
-        self.collapse_monitor = CollapseMonitor()
         device_type = torch.device(self.data_device).type
         self.grad_scaler = None
         if amp is not None:
@@ -99,8 +104,8 @@ class MemoryEfficientTrainer(MetricLossOnly):
                 self._where(),
             )
             return
-        if _is_recall_k_surrogate(self.loss_funcs.get("metric_loss")):
-            self.collapse_monitor.observe_loss(float(self.losses["metric_loss"]), ceiling=1.0)
+        if self.loss_monitor is not None:
+            self.loss_monitor({name: float(value) for name, value in self.losses.items()})
         self.clip_gradients()
         self.step_optimizers()
 
@@ -199,12 +204,3 @@ def _check_batchnorm(policy) -> str:
 def _set_batchnorm_to_eval(module: nn.Module) -> None:
     if isinstance(module, _BatchNorm):
         module.eval()
-
-
-def _is_recall_k_surrogate(loss: object) -> bool:
-    """RS@k itself, or a wrapper around it (SimilarityMixup, CrossBatchMemory: their ``loss`` attribute)."""
-    while loss is not None:
-        if isinstance(loss, RecallKSurrogateLoss):
-            return True
-        loss = getattr(loss, "loss", None)
-    return False

@@ -387,9 +387,9 @@ class ConstantEmbedder(nn.Module):
 @pytest.mark.parametrize("wrapped", [False, True])
 def test_a_stalled_rsk_loss_warns_once_that_it_gets_no_gradient(device, seeded_sampling, wrapped):
     from pml_recallk import RecallKSurrogateLoss, SimilarityMixup
-    from pml_recallk.trainers.collapse import CollapseWarning
+    from pml_recallk.trainers.collapse import CollapseMonitor, CollapseWarning
 
-    loss = RecallKSurrogateLoss()
+    loss, monitor = RecallKSurrogateLoss(), CollapseMonitor()
     torch.manual_seed(0)
     models = {"trunk": ConstantEmbedder().to(device), "embedder": nn.Linear(8, 8).to(device, torch.float64)}
     trainer = make_trainer(
@@ -405,23 +405,39 @@ def test_a_stalled_rsk_loss_warns_once_that_it_gets_no_gradient(device, seeded_s
         dataset=(data := RandomImages(num_classes=32, per_class=4)),
         batch_size=128,  # tied similarities give every positive the soft rank 1 + 126/2 = 64, far beyond k = 16
         sampler=MPerClassSampler(data.labels, m=4, batch_size=128, length_before_new_iter=3 * 128),
+        loss_monitor=monitor.loss_hook(),
     )
     seeded_sampling()
     with pytest.warns(CollapseWarning, match="reaches no query") as caught:
         trainer.train(num_epochs=4)  # 12 steps at loss ≈ 1: the warning comes at the 10th
     assert sum(issubclass(w.category, CollapseWarning) for w in caught) == 1
-    assert trainer.collapse_monitor.collapsed
+    assert monitor.collapsed
 
 
 def test_a_learning_rsk_run_does_not_warn(models, device, seeded_sampling):
     from pml_recallk import RecallKSurrogateLoss
-    from pml_recallk.trainers.collapse import CollapseWarning
+    from pml_recallk.trainers.collapse import CollapseMonitor, CollapseWarning
 
+    monitor, seen = CollapseMonitor(), []
+    observe = monitor.loss_hook()
     trainer = make_trainer(
-        MemoryEfficientTrainer, models, device, loss_funcs={"metric_loss": RecallKSurrogateLoss()}, chunk_size=8
+        MemoryEfficientTrainer,
+        models,
+        device,
+        loss_funcs={"metric_loss": RecallKSurrogateLoss()},
+        chunk_size=8,
+        loss_monitor=lambda losses: (seen.append(dict(losses)), observe(losses)),
     )
     seeded_sampling()
     with warnings.catch_warnings():
         warnings.simplefilter("error", CollapseWarning)
         trainer.train(num_epochs=4)
-    assert not trainer.collapse_monitor.collapsed
+    assert not monitor.collapsed
+    # The hook saw every step's losses, as floats.
+    assert len(seen) == 4 * trainer.iterations_per_epoch and all(type(v) is float for v in seen[-1].values())
+    assert {"metric_loss", "total_loss"} <= set(seen[-1]) and 0 < seen[-1]["metric_loss"] < 1
+
+
+def test_loss_monitor_must_be_callable(models, device):
+    with pytest.raises(TypeError, match="loss_monitor must be a callable"):
+        make_trainer(MemoryEfficientTrainer, models, device, loss_monitor="collapse")
