@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -25,6 +26,12 @@ from .._checks import (
 from .efficient_gather import EfficientGather
 
 PATHS = ("auto", "dense", "tiled", "fused")
+
+
+class NothingToLearnWarning(UserWarning):
+    """RS@k is 0, or Recall@k trivially 1, whatever the embeddings: the batch cannot train the model."""
+
+
 # path="auto" takes the tiled path when the Nq×N similarities would have more elements than this (64 MB in float32):
 # below it the dense path holds them cheaply and is as fast (benchmarks/results/loss_speed_tiled.md).
 AUTO_TILED_MIN_SIMILARITIES = 1 << 24
@@ -100,6 +107,7 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
         self.tile_size = check_positive_int(tile_size, "tile_size", allow_none=True)
         _check_similarity(self.distance)
         self.path = _check_path(path, self.distance)
+        self._warned_nothing_to_learn = False
         self.add_to_recordable_attributes(
             list_of_names=["k_values", "rank_temperature", "k_temperature", "k_margin", "count_query_in_rank"],
             is_stat=False,
@@ -220,12 +228,13 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
         them, already normalised), on the dense or the tiled path (:meth:`resolve_path`). Arguments as in
         :meth:`loss_from_similarities`; ``SimilarityMixup`` uses this entry with its virtual embeddings."""
         path = self.resolve_path(len(query_emb), len(database_emb))
+        sizes = self._database_sizes(len(database_emb), self_index, excluded_index)
         if path == "dense":
             sim = self.distance.compute_mat(query_emb, database_emb)
             per_query, has_positive = functional.recall_k_surrogate_loss(
                 sim, query_labels, database_labels, self_index, excluded_index, **self._functional_kwargs()
             )
-            return self._loss_dict(per_query, has_positive, weights, (query_emb, database_emb))
+            return self._loss_dict(per_query, has_positive, weights, (query_emb, database_emb), sizes)
         if path == "fused":
             from .._triton import check_triton_usable
 
@@ -241,7 +250,7 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
             kernel="triton" if path == "fused" else "torch",
             **self._functional_kwargs(),
         )
-        return self._loss_dict(per_query, has_positive, weights, (query_emb, database_emb))
+        return self._loss_dict(per_query, has_positive, weights, (query_emb, database_emb), sizes)
 
     def loss_from_similarities(
         self,
@@ -266,7 +275,8 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
             excluded_index=excluded_index,
             **self._functional_kwargs(),
         )
-        return self._loss_dict(per_query, has_positive, weights, None)
+        sizes = self._database_sizes(sim.shape[1], self_index, excluded_index)
+        return self._loss_dict(per_query, has_positive, weights, None, sizes)
 
     def _functional_kwargs(self) -> dict:
         return {
@@ -278,11 +288,54 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
             "query_chunk_size": self.query_chunk_size,
         }
 
-    def _loss_dict(self, per_query, has_positive, weights, embeddings) -> dict:
-        # One host sync for both questions: is there a query with a positive, and is every loss finite?
-        any_positive, finite = torch.stack([has_positive.any(), torch.isfinite(per_query).all()]).tolist()
+    def _warn_if_nothing_to_learn(self, any_positive: bool, largest_database: int) -> None:
+        """Warn once when the loss is 0, or Recall@k trivially 1, whatever the embeddings: nothing trains.
+
+        Without a positive the loss is 0 with a zero gradient. A query q with positives has soft ranks
+        r̃ ≤ |Ω_q|; a k with k + k_margin ≥ |Ω_q| makes Recall@k 1 for any embedding, and the surrogate's gradient
+        for it is at most σ'((k + k_margin − |Ω_q|)/τ_k)/τ_k: exactly 0 once that argument passes about 16.6
+        (float32) or 36.7 (float64), where σ rounds to 1. When that holds for every k and every query, RS@k has
+        (almost) no gradient: this warns when the smallest k + k_margin reaches the largest database.
+        """
+        if self._warned_nothing_to_learn:
+            return
+        if not any_positive:
+            message = (
+                "no query of the batch has a positive (another item of its class in its database), so the loss is 0 "
+                "with a zero gradient and nothing trains; sample at least 2 items per class (the sampler's samples "
+                "per class, e.g. MPerClassSampler(m=4); in pml-recallk, data.samples_per_class >= 2)"
+            )
+        elif min(self.k_values) + self.k_margin >= largest_database:
+            message = (
+                f"every k in k_values={self.k_values} is at least the size of every query's database (at most "
+                f"{largest_database} items), so Recall@k is 1 whatever the embeddings and the loss has (almost) no "
+                "gradient (exactly none in float32 once k - database >= 17 k_temperature); use k_values smaller "
+                "than the batch (the paper's: 1, 2, 4, 8, 16) or a larger batch"
+            )
+        else:
+            return
+        self._warned_nothing_to_learn = True
+        warnings.warn(f"RecallKSurrogateLoss: {message}", NothingToLearnWarning, stacklevel=4)
+
+    def _database_sizes(self, num_columns: int, self_index, excluded_index) -> torch.Tensor | int:
+        """|Ω_q| per query (Nq,): the columns minus the query's own (unless counted) and its excluded ones."""
+        sizes = num_columns
+        if self_index is not None and not self.count_query_in_rank:
+            sizes = sizes - (self_index >= 0).long()
+        if excluded_index is not None:
+            sizes = sizes - (excluded_index >= 0).sum(1)
+        return sizes
+
+    def _loss_dict(self, per_query, has_positive, weights, embeddings, database_sizes) -> dict:
+        # One host sync for all three questions: is there a query with a positive, is every loss finite, and how
+        # large is the largest database (to say when every k is beyond it)?
+        largest = torch.as_tensor(database_sizes).max().to(per_query)
+        any_positive, finite, largest = torch.stack(
+            [has_positive.any().to(per_query.dtype), torch.isfinite(per_query).all().to(per_query.dtype), largest]
+        ).tolist()
         if not finite:
             raise ValueError(_nonfinite_message(embeddings))
+        self._warn_if_nothing_to_learn(bool(any_positive), int(largest))
         if not any_positive:
             return self.zero_losses()
         indices = torch.where(has_positive)[0]
