@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping
 
+import numpy as np
 import torch
 from pytorch_metric_learning.trainers import MetricLossOnly
 from pytorch_metric_learning.utils import common_functions as c_f
@@ -109,6 +110,19 @@ class MemoryEfficientTrainer(MetricLossOnly):
         self.clip_gradients()
         self.step_optimizers()
 
+    def get_batch(self):
+        """PML's ``get_batch``, with what the dataset yields checked: (data tensor of one shape, integer label)
+        items, else a ``ValueError`` that says so instead of a failure deep inside torch, PML or numpy."""
+        try:
+            self.dataloader_iter, curr_batch = c_f.try_next_on_generator(self.dataloader_iter, self.dataloader)
+        except (RuntimeError, TypeError) as error:
+            if not any(words in str(error) for words in _COLLATE_FAILURES):
+                raise
+            raise ValueError(f"{_DATASET_CONTRACT}; batching them failed: {str(error).strip()}") from error
+        data, labels = _check_batch(self.data_and_label_getter(curr_batch))
+        labels = c_f.process_label(labels, self.label_hierarchy_level, self.label_mapper)
+        return self.maybe_do_batch_mining(data, labels)
+
     def calculate_loss(self, curr_batch):
         data, labels = curr_batch
         # The trainer reports a skipped step itself, with the epoch and iteration.
@@ -172,6 +186,35 @@ class MemoryEfficientTrainer(MetricLossOnly):
 
     def _where(self) -> str:
         return f"epoch {getattr(self, 'epoch', '?')}, iteration {getattr(self, 'iteration', '?')}"
+
+
+_DATASET_CONTRACT = (
+    "MemoryEfficientTrainer needs a dataset whose items are (data, label) pairs: data a tensor of the same shape for "
+    "every item (resize or crop in the dataset's transform), label an integer class id (or pass "
+    "data_and_label_getter to pick them from other items)"
+)
+# What torch's default_collate says when a batch's items cannot be stacked.
+_COLLATE_FAILURES = ("stack expects each tensor to be equal size", "default_collate: batch must contain")
+
+
+def _check_batch(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(data, labels) of a collated batch, or a ValueError naming what the dataset yielded instead."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        parts = f"{len(batch)} parts" if isinstance(batch, (tuple, list)) else type(batch).__name__
+        raise ValueError(f"{_DATASET_CONTRACT}; its items have {parts}")
+    data, labels = batch
+    if not torch.is_tensor(data):
+        raise ValueError(f"{_DATASET_CONTRACT}; its data are {type(data).__name__}, not tensors")
+    if isinstance(labels, np.ndarray) and labels.dtype.kind in "iu":
+        labels = torch.from_numpy(labels)
+    if not torch.is_tensor(labels) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        example = labels[0] if isinstance(labels, (list, tuple)) and labels else labels
+        kind = getattr(labels, "dtype", type(example).__name__)
+        raise ValueError(
+            f"{_DATASET_CONTRACT}; its labels are {kind} (e.g. {example!r}): map each class to an int, e.g. "
+            "{name: i for i, name in enumerate(sorted(names))}"
+        )
+    return data, labels
 
 
 class _EmbeddingModel(nn.Module):
