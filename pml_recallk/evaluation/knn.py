@@ -287,13 +287,15 @@ class _FaissSearch:
             scores, indices = self.index.search(query, k)
         else:
             scores, indices = self.index.search(query, k + 1)
-            scores, indices = _drop_self(scores, indices, self_index.cpu())
+            scores, indices = drop_self(scores, indices, self_index.cpu())
         if self.is_euclidean and self.distance.power != 2:
             scores = scores.clamp_min(0) ** (self.distance.power / 2)
         return scores.to(device=device, dtype=dtype), indices.to(device)
 
 
-def _drop_self(scores: torch.Tensor, indices: torch.Tensor, self_index: torch.Tensor):
+def drop_self(
+    scores: torch.Tensor, indices: torch.Tensor, self_index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Remove the query's own index from each row of a (n, k+1) result, or the last column if it is absent.
 
     It is absent only when more than k other items tie with the query's own score, so dropping the last
