@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from . import benchmark, experiments  # lazy packages: torch's trainer stack loads when a command needs it
 from .datasets import DATASET_CLASSES  # the names only: this import loads no torch
 
 # Modules of the `cli` extra (pip install "pml-recallk[cli]") that every command needs, by import name.
@@ -217,7 +218,6 @@ def _metric_table(columns: Mapping[str, Mapping[str, float]]) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from . import experiments
     from .experiments.config import ConfigError, resolve_config
 
     overrides = _overrides(args)
@@ -249,7 +249,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from . import experiments
     from ._io import write_json_atomic
 
     output = Path(args.output) if args.output else None
@@ -267,7 +266,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _checkpoint_config(args: argparse.Namespace) -> dict[str, Any]:
     """The checkpoint's config with this command's overrides (the data set, root, device)."""
-    from . import experiments
     from .experiments.config import resolve_config
 
     saved = experiments.load_checkpoint(args.checkpoint)["config"]
@@ -338,8 +336,6 @@ def _show_config(args: argparse.Namespace) -> int:
 
 
 def _benchmark(argv: Sequence[str]) -> int:
-    from . import benchmark
-
     return int(benchmark.main(list(argv)) or 0)
 
 

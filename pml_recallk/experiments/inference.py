@@ -207,7 +207,7 @@ def _embed_loaded(trained: TrainedModel, dataset: Dataset, batch_size: int | Non
         dataset,
         batch_size or trained.config["eval"]["batch_size"],
         trained.device,
-        num_workers=trained.config["data"]["num_workers"],
+        num_workers=builders.loader_workers(trained.config),
         progress=progress,
     )
     labels = np.asarray(dataset.labels, dtype=np.int64)
