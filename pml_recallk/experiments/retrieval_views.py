@@ -63,8 +63,12 @@ def draw_retrieval_grid(summary: Mapping[str, Any], images: Mapping[str, Any], p
     """Draw the queries (rows) and their neighbours (columns) into the PNG file ``path``."""
     queries, k = summary["queries"], summary["top_k"]
     cell = 1.35  # inches per picture, text included
-    fig = plt.figure(figsize=(cell * (k + 1.25), cell * 1.25 * len(queries) + 0.6), dpi=110)
-    grid = fig.add_gridspec(len(queries), k + 2, width_ratios=[1, 0.25, *[1] * k], hspace=0.45, wspace=0.12)
+    height = cell * 1.25 * len(queries) + 0.8
+    fig = plt.figure(figsize=(cell * (k + 1.25), height), dpi=110)
+    # The title sits in a fixed 0.8 inches above the grid, whatever the number of rows.
+    grid = fig.add_gridspec(
+        len(queries), k + 2, width_ratios=[1, 0.25, *[1] * k], hspace=0.45, wspace=0.12, top=1 - 0.8 / height
+    )
     for row, query in enumerate(queries):
         ax = fig.add_subplot(grid[row, 0])
         ax.imshow(images[query["path"]], interpolation="nearest")
@@ -82,7 +86,7 @@ def draw_retrieval_grid(summary: Mapping[str, Any], images: Mapping[str, Any], p
             ax.set_xlabel(text, fontsize=9, color=colour, fontweight="bold", labelpad=3, linespacing=1.1)
             if row == 0:
                 ax.set_title(f"#{column + 1}", fontsize=10)
-    fig.suptitle(_headline(summary), fontsize=11)
+    fig.suptitle(_headline(summary), fontsize=11, y=1 - 0.25 / height)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
