@@ -11,6 +11,7 @@ import html.parser
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -279,3 +280,58 @@ def test_save_retrieval_makes_the_folder(run, tmp_path):
     files = save_retrieval(retrieval, tmp_path / "new" / "folder")
     assert sorted(path.name for path in files.values()) == ["index.html", "neighbours.json", "retrieval.png"]
     assert all(path.is_file() for path in files.values())
+
+
+# ------------------------------------------------------------------------------- a data set of image files
+
+
+def make_vehicle_tree(root: Path, rng: np.random.Generator) -> None:
+    """A VehicleID-layout folder of 20 × 20 JPEGs: 8 training vehicles, 3 test vehicles, 4 photos each, each
+    vehicle one colour with noise (the three test lists name the same 3 vehicles)."""
+    (root / "image").mkdir(parents=True)
+    (root / "train_test_split").mkdir()
+    vehicles = {"train_list.txt": range(8)} | {f"test_list_{n}.txt": range(100, 103) for n in (800, 1600, 2400)}
+    for listing, ids in vehicles.items():
+        lines = []
+        for vehicle in ids:
+            colour = np.random.default_rng(vehicle).integers(0, 256, size=3)
+            for photo in range(4):
+                name = f"{vehicle:04d}_{photo}"
+                pixels = np.clip(colour + rng.normal(0, 20, size=(20, 20, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / "image" / f"{name}.jpg")
+                lines.append(f"{name} {vehicle}")
+        (root / "train_test_split" / listing).write_text("\n".join(lines) + "\n")
+
+
+def test_retrieve_on_image_files_reports_the_files(tmp_path, capsys):
+    root = tmp_path / "VehicleID"
+    make_vehicle_tree(root, np.random.default_rng(0))
+    small = ["model.name='small_cnn'", "model.embedding_size=8", "model.width=4", "data.image_size=16",
+             "data.batch_size=8", "train.iterations_per_epoch=1", "train.epochs=1", "train.device='cpu'"]  # fmt: skip
+    config = resolve_config("vehicleid", overrides=[*small, f"data.root={json.dumps(str(root))}"])
+    run_experiment(config, tmp_path / "run", log=lambda message: None)
+    output = tmp_path / "retrieval"
+    argv = ["retrieve", "--checkpoint", str(tmp_path / "run"), "--split", "test_small", "--top-k", "3"]
+    assert main([*argv, "--query", str(root / "image" / "0101_2.jpg"), "--output", str(output)]) == 0
+    (query,) = json.loads((output / "neighbours.json").read_text())["queries"]
+    assert query["path"] == str(root / "image" / "0101_2.jpg") and query["label"] is None
+    # The query is an image of the split itself: it is its own nearest neighbour, by its file's path.
+    assert query["neighbours"][0]["path"] == str(root / "image" / "0101_2.jpg")
+    assert query["neighbours"][0]["class"] == "101"
+    assert all(Path(n["path"]).is_file() for n in query["neighbours"])
+    assert main([*argv, "--queries", "3", "--output", str(output)]) == 0
+    summary = json.loads((output / "neighbours.json").read_text())
+    assert sorted(q["class"] for q in summary["queries"]) == ["100", "101", "102"]  # one query per class first
+    for q in summary["queries"]:
+        assert all(n["correct"] == (n["class"] == q["class"]) for n in q["neighbours"])
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from pml_recallk import _paths
+    from pml_recallk.evaluation import knn
+    from pml_recallk.experiments import inference
+
+    for module in (inference, knn, _paths):
+        assert doctest.testmod(module).failed == 0
