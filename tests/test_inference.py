@@ -335,3 +335,9 @@ def test_docstring_examples_run():
 
     for module in (inference, knn, _paths):
         assert doctest.testmod(module).failed == 0
+
+
+@pytest.mark.parametrize("count", [2.5, True, "3"])
+def test_choose_queries_refuses_a_count_that_is_no_int(count):
+    with pytest.raises(TypeError, match="queries must be an int"):
+        choose_queries([0, 1, 2, 3], count)

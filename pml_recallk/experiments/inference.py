@@ -35,6 +35,7 @@ import tqdm
 from pytorch_metric_learning.distances import CosineSimilarity
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .._checks import check_int
 from .._io import save_npz_atomic, write_json_atomic
 from ..evaluation.knn import ChunkedKNN, drop_self
 from ..models import transforms
@@ -245,6 +246,7 @@ def choose_queries(labels: Sequence[int], count: int, seed: int = 0) -> np.ndarr
         [0, 1, 2]
     """
     labels = np.asarray(labels)
+    count = check_int(count, "queries")
     if not 1 <= count <= len(labels):
         raise ValueError(f"queries must be between 1 and the {len(labels)} items of the split, got {count}")
     order = np.random.default_rng(seed).permutation(len(labels))
@@ -318,7 +320,7 @@ def retrieve(
     trained: TrainedModel,
     split: str,
     top_k: int,
-    num_queries: int | None = None,
+    num_queries: int = 8,
     query_files: Sequence[str | Path] = (),
     seed: int = 0,
     batch_size: int | None = None,
@@ -331,6 +333,7 @@ def retrieve(
     correct or wrong). ``summary["queries"][i]`` holds the query's ``path``, ``label``, ``class`` and
     ``neighbours``: a list of ``{index, path, label, class, similarity, correct}``, best first.
     """
+    top_k = check_int(top_k, "top_k")
     dataset = load_split(trained, split)
     # Every argument is checked before the images are embedded: a mistake costs seconds, not an embedding pass.
     available = len(dataset) - (0 if query_files else 1)
@@ -340,7 +343,7 @@ def retrieve(
         query_images = _open_query_images(query_files)
     else:
         try:
-            chosen = choose_queries(dataset.labels, num_queries or 1, seed)
+            chosen = choose_queries(dataset.labels, num_queries, seed)
         except ValueError as error:
             raise ConfigError(f"--queries: {error}") from None
     embedded = _embed_loaded(trained, dataset, batch_size, progress)
