@@ -74,7 +74,9 @@ def _add_model_data_options(parser: argparse.ArgumentParser) -> None:
     """--checkpoint, the config options (the data settings come from the checkpoint) and --split."""
     parser.add_argument("--checkpoint", required=True, metavar="PATH", help="best.pt, last.pt or a run folder")
     _add_config_options(parser)
-    parser.add_argument("--split", default="test", metavar="NAME", help="split of the data set (default: test)")
+    parser.add_argument(
+        "--split", metavar="NAME", help="split of the data set (default: its first test split, e.g. test)"
+    )
     parser.add_argument("--batch-size", type=int, metavar="N", help="images per chunk (default: eval.batch_size)")
 
 
@@ -299,10 +301,11 @@ def _embed(args: argparse.Namespace) -> int:
     _check_output_file("--output", output, "emb.npz")
     _check_positive("--batch-size", args.batch_size)
     trained = inference.load_trained_model(args.checkpoint, _checkpoint_config(args))
-    embedded = inference.embed_split(trained, args.split, args.batch_size)
+    split = args.split or trained.config["data"]["test_splits"][0]
+    embedded = inference.embed_split(trained, split, args.batch_size)
     inference.save_embeddings(embedded, output)
     rows, dimensions = embedded.embeddings.shape
-    print(f"{rows} embeddings of {dimensions} dimensions ({trained.config['data']['dataset']} {args.split}, "
+    print(f"{rows} embeddings of {dimensions} dimensions ({trained.config['data']['dataset']} {split}, "
           f"config hash {embedded.config_hash}): {output}")  # fmt: skip
     return 0
 
@@ -320,8 +323,9 @@ def _retrieve(args: argparse.Namespace) -> int:
         if not Path(file).is_file():
             raise ConfigError(f"--query {file!r}: no such image file")
     trained = inference.load_trained_model(args.checkpoint, _checkpoint_config(args))
+    split = args.split or trained.config["data"]["test_splits"][0]
     retrieval = inference.retrieve(
-        trained, args.split, args.top_k, args.queries or 8, args.query or (), args.seed, args.batch_size
+        trained, split, args.top_k, args.queries or 8, args.query or (), args.seed, args.batch_size
     )
     files = inference.save_retrieval(retrieval, output)
     print(f"{len(retrieval.summary['queries'])} queries, top {args.top_k} each: " + ", ".join(map(str, files.values())))

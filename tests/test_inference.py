@@ -311,7 +311,7 @@ def test_retrieve_on_image_files_reports_the_files(tmp_path, capsys):
     config = resolve_config("vehicleid", overrides=[*small, f"data.root={json.dumps(str(root))}"])
     run_experiment(config, tmp_path / "run", log=lambda message: None)
     output = tmp_path / "retrieval"
-    argv = ["retrieve", "--checkpoint", str(tmp_path / "run"), "--split", "test_small", "--top-k", "3"]
+    argv = ["retrieve", "--checkpoint", str(tmp_path / "run"), "--top-k", "3"]  # the first test split: test_small
     assert main([*argv, "--query", str(root / "image" / "0101_2.jpg"), "--output", str(output)]) == 0
     (query,) = json.loads((output / "neighbours.json").read_text())["queries"]
     assert query["path"] == str(root / "image" / "0101_2.jpg") and query["label"] is None
@@ -324,6 +324,7 @@ def test_retrieve_on_image_files_reports_the_files(tmp_path, capsys):
     assert sorted(q["class"] for q in summary["queries"]) == ["100", "101", "102"]  # one query per class first
     for q in summary["queries"]:
         assert all(n["correct"] == (n["class"] == q["class"]) for n in q["neighbours"])
+    assert summary["split"] == "test_small"
 
 
 def test_docstring_examples_run():
