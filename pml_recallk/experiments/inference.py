@@ -7,17 +7,22 @@ one preallocated float32 array, so memory holds the (N, D) result and one chunk 
 Nearest neighbours come from :class:`~pml_recallk.evaluation.ChunkedKNN` (exact, memory-bounded) with cosine
 similarity; the models end in an L2 normalisation, so this is the dot product of the stored embeddings.
 
-Example:
-    >>> import tempfile
+Example (a tiny run: one training step on 8 glyph classes)::
+
+    >>> import json, tempfile
     >>> from pml_recallk.experiments import resolve_config, run_experiment
-    >>> from pml_recallk.experiments.inference import embed_split, load_trained_model
+    >>> folder = tempfile.mkdtemp()
     >>> config = resolve_config(overrides=["data.max_classes=8", "data.image_size=16", "train.epochs=1",
-    ...     "train.iterations_per_epoch=1", "data.batch_size=16", "train.device='cpu'"])
-    >>> run = tempfile.mkdtemp()
-    >>> _ = run_experiment(config, run, log=lambda message: None)  # doctest: +SKIP
-    >>> embedded = embed_split(load_trained_model(run), "test", progress=False)  # doctest: +SKIP
-    >>> embedded.embeddings.dtype, embedded.embeddings.shape[1]  # doctest: +SKIP
+    ...     "train.iterations_per_epoch=1", "data.batch_size=16", "train.device='cpu'",
+    ...     f"data.glyphs_cache_dir={json.dumps(folder)}"])
+    >>> _ = run_experiment(config, f"{folder}/run", log=lambda message: None)
+    >>> trained = load_trained_model(f"{folder}/run")
+    >>> embedded = embed_split(trained, "test", progress=False)
+    >>> embedded.embeddings.dtype, embedded.embeddings.shape[1]
     (dtype('float32'), 128)
+    >>> retrieval = retrieve(trained, "test", top_k=3, num_queries=2, progress=False)
+    >>> [len(query["neighbours"]) for query in retrieval.summary["queries"]]
+    [3, 3]
 """
 
 from __future__ import annotations
@@ -45,16 +50,20 @@ from .config import ConfigError, config_differences, upgrade_config
 
 __all__ = [
     "EmbeddedSplit",
+    "Retrieval",
     "TrainedModel",
     "choose_queries",
+    "class_names",
     "config_hash",
     "embed_dataset",
     "embed_split",
     "item_paths",
+    "load_split",
     "load_trained_model",
     "nearest_neighbours",
     "retrieve",
     "save_embeddings",
+    "save_retrieval",
 ]
 
 # The weights come from the checkpoint, so where its run started from does not matter (as in evaluate).
