@@ -10,7 +10,7 @@ needs them is used.
 
 from importlib import import_module
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _PUBLIC = {
     "RecallKSurrogateLoss": "pml_recallk.losses",

@@ -1,10 +1,14 @@
-"""The ``pml-recallk`` command: ``train``, ``evaluate``, ``config`` and ``benchmark``.
+"""The ``pml-recallk`` command: ``train``, ``evaluate``, ``embed``, ``retrieve``, ``config`` and ``benchmark``.
 
 ``pml-recallk train`` with no arguments trains RS@k on the embedded glyph data with the small CNN and prints
 Recall@k of the untrained and the trained model; ``--dataset``, ``--data-root`` and ``--config`` select a
-benchmark and its recipe, and ``--set table.key=value`` overrides any config key. Every user mistake (unknown
-data set, missing folder, bad key or value) ends with one line ``pml-recallk: error: ...`` on stderr and exit
-status 2; anything else is a bug and keeps its traceback. See ``docs/cli.md``.
+benchmark and its recipe, and ``--set table.key=value`` overrides any config key. ``embed`` writes a split's
+embeddings to an ``.npz`` file and ``retrieve`` draws what a model retrieves for chosen queries. Every user
+mistake (unknown data set, missing folder, bad key or value) ends with one line ``pml-recallk: error: ...`` on
+stderr and exit status 2; anything else is a bug and keeps its traceback. See ``docs/cli.md``.
+
+Only the standard library is imported until the arguments parse: ``--help`` and usage errors answer at once,
+without loading torch (about 2 s) or the optional packages of the ``cli`` extra.
 """
 
 from __future__ import annotations
@@ -18,9 +22,16 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import benchmark, experiments  # lazy packages: torch's trainer stack loads when a command needs it
-from ._io import write_json_atomic
-from .experiments.config import DATASETS, ConfigError, dumps_toml, resolve_config
-from .experiments.registry import folder_dataset
+from .datasets import DATASET_CLASSES  # the names only: this import loads no torch
+
+# Modules of the `cli` extra (pip install "pml-recallk[cli]") that every command needs, by import name.
+CLI_EXTRA_MODULES = {
+    "PIL": "pillow",
+    "matplotlib": "matplotlib",
+    "torchvision": "torchvision",
+    "record_keeper": "record-keeper",
+    "tensorboard": "tensorboard",
+}
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -34,7 +45,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", choices=DATASETS, help="data set (its paper recipe is the base config)")
+    parser.add_argument(
+        "--dataset", choices=list(DATASET_CLASSES), help="data set (its paper recipe is the base config)"
+    )
     parser.add_argument("--data-root", metavar="PATH", help="folder of the data set's standard layout")
     parser.add_argument(
         "--config", metavar="FILE", help="TOML config file (the keys of pml-recallk config), e.g. a copy of its output"
@@ -57,10 +70,50 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, help="data-loader worker processes (data.num_workers)")
 
 
+def _add_model_data_options(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint, the config options (the data settings come from the checkpoint) and --split."""
+    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="best.pt, last.pt or a run folder")
+    _add_config_options(parser)
+    parser.add_argument(
+        "--split", metavar="NAME", help="split of the data set (default: its first test split, e.g. test)"
+    )
+    parser.add_argument("--batch-size", type=int, metavar="N", help="images per chunk (default: eval.batch_size)")
+
+
+def _add_embed_parser(commands) -> None:
+    embed = commands.add_parser(
+        "embed",
+        help="write the embeddings of a split to an .npz file",
+        description="Embed every image of a split with the model of a checkpoint and write embeddings (float32, "
+        "N x D), labels, paths and the hash of the checkpoint's config to an .npz file (numpy.load reads it). "
+        "The data settings come from the checkpoint unless overridden.",
+    )
+    _add_model_data_options(embed)
+    embed.add_argument("--output", required=True, metavar="FILE", help="the .npz file to write, e.g. emb.npz")
+
+
+def _add_retrieve_parser(commands) -> None:
+    retrieve = commands.add_parser(
+        "retrieve",
+        help="show what a model retrieves: neighbours.json, retrieval.png and index.html",
+        description="Find the top k neighbours (cosine similarity) in a split for some of its items (--queries, "
+        "chosen by a seeded rule, each left out of its own list) or for image files (--query), and write "
+        "neighbours.json, a picture retrieval.png (green: the query's class, red: another) and a page index.html "
+        "that opens in a browser.",
+    )
+    _add_model_data_options(retrieve)
+    queries = retrieve.add_mutually_exclusive_group()
+    queries.add_argument("--queries", type=int, metavar="N", help="N queries from the split (default: 8)")
+    queries.add_argument("--query", nargs="+", metavar="IMG", help="image files as queries (no label: no marks)")
+    retrieve.add_argument("--top-k", type=int, default=5, metavar="K", help="neighbours per query (default: 5)")
+    retrieve.add_argument("--seed", type=int, default=0, help="seed of the choice of --queries (default: 0)")
+    retrieve.add_argument("--output", required=True, metavar="DIR", help="folder for the three files")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pml-recallk",
-        description="Recall@k surrogate loss (RS@k) with pytorch-metric-learning: train and evaluate.",
+        description="Recall@k surrogate loss (RS@k) with pytorch-metric-learning: train, evaluate, embed and retrieve.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
@@ -90,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", action="append", metavar="NAME", help="split to evaluate (repeatable; default: the test split(s))"
     )
     evaluate.add_argument("--output", metavar="FILE", help="also write the results as JSON")
+
+    _add_embed_parser(commands)
+    _add_retrieve_parser(commands)
 
     show = commands.add_parser(
         "config",
@@ -128,6 +184,9 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _check_data_root(config: Mapping[str, Any]) -> None:
+    from .experiments.config import ConfigError
+    from .experiments.registry import folder_dataset
+
     root = config["data"]["root"]
     if folder_dataset(config["data"]["dataset"]) and not Path(root).is_dir():
         raise ConfigError(f"data root {root!r} of {config['data']['dataset']} is not a folder")
@@ -161,6 +220,8 @@ def _metric_table(columns: Mapping[str, Mapping[str, float]]) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .experiments.config import ConfigError, resolve_config
+
     overrides = _overrides(args)
     output_dir = Path(args.output_dir) if args.output_dir else None
     base = None
@@ -190,14 +251,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from ._io import write_json_atomic
+
     output = Path(args.output) if args.output else None
-    if output is not None and not output.parent.is_dir():  # checked before the (long) evaluation; no folder made
-        raise ConfigError(f"--output {str(output)!r}: folder {str(output.parent)!r} does not exist")
-    if output is not None and output.is_dir():
-        raise ConfigError(f"--output {str(output)!r} is a folder; name a file such as results.json")
-    saved = experiments.load_checkpoint(args.checkpoint)["config"]
-    config = resolve_config(args.dataset, args.config, _overrides(args), base=saved)
-    _check_data_root(config)
+    if output is not None:
+        _check_output_file("--output", output, "results.json")
+    config = _checkpoint_config(args)
     results = experiments.evaluate_checkpoint(args.checkpoint, config, splits=args.split)
     for split, metrics in results.items():
         print(f"{split}:")
@@ -207,7 +266,75 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The checkpoint's config with this command's overrides (the data set, root, device)."""
+    from .experiments.config import resolve_config
+
+    saved = experiments.load_checkpoint(args.checkpoint)["config"]
+    config = resolve_config(args.dataset, args.config, _overrides(args), base=saved)
+    _check_data_root(config)
+    return config
+
+
+def _check_output_file(option: str, output: Path, example: str) -> None:
+    """A file to write must be in an existing folder and not be a folder: checked before the (long) work, so a
+    mistake costs nothing and makes no folder."""
+    from .experiments.config import ConfigError
+
+    if not output.parent.is_dir():
+        raise ConfigError(f"{option} {str(output)!r}: folder {str(output.parent)!r} does not exist")
+    if output.is_dir():
+        raise ConfigError(f"{option} {str(output)!r} is a folder; name a file such as {example}")
+
+
+def _check_positive(option: str, value: int | None) -> None:
+    from .experiments.config import ConfigError
+
+    if value is not None and value < 1:
+        raise ConfigError(f"{option} must be at least 1, got {value}")
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from .experiments import inference
+
+    output = Path(args.output)
+    _check_output_file("--output", output, "emb.npz")
+    _check_positive("--batch-size", args.batch_size)
+    trained = inference.load_trained_model(args.checkpoint, _checkpoint_config(args))
+    split = args.split or trained.config["data"]["test_splits"][0]
+    embedded = inference.embed_split(trained, split, args.batch_size)
+    inference.save_embeddings(embedded, output)
+    rows, dimensions = embedded.embeddings.shape
+    print(f"{rows} embeddings of {dimensions} dimensions ({trained.config['data']['dataset']} {split}, "
+          f"config hash {embedded.config_hash}): {output}")  # fmt: skip
+    return 0
+
+
+def _retrieve(args: argparse.Namespace) -> int:
+    from .experiments import inference
+    from .experiments.config import ConfigError
+
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {str(output)!r} is a file; name a folder for the three files")
+    for option in ("queries", "top_k", "batch_size"):
+        _check_positive("--" + option.replace("_", "-"), getattr(args, option))
+    for file in args.query or []:
+        if not Path(file).is_file():
+            raise ConfigError(f"--query {file!r}: no such image file")
+    trained = inference.load_trained_model(args.checkpoint, _checkpoint_config(args))
+    split = args.split or trained.config["data"]["test_splits"][0]
+    retrieval = inference.retrieve(
+        trained, split, args.top_k, args.queries or 8, args.query or (), args.seed, args.batch_size
+    )
+    files = inference.save_retrieval(retrieval, output)
+    print(f"{len(retrieval.summary['queries'])} queries, top {args.top_k} each: " + ", ".join(map(str, files.values())))
+    return 0
+
+
 def _show_config(args: argparse.Namespace) -> int:
+    from .experiments.config import dumps_toml, resolve_config
+
     print(dumps_toml(resolve_config(args.dataset, args.config, _overrides(args)), comments=True), end="")
     return 0
 
@@ -216,22 +343,53 @@ def _benchmark(argv: Sequence[str]) -> int:
     return int(benchmark.main(list(argv)) or 0)
 
 
+def missing_cli_extra() -> str | None:
+    """The one-line message for a module of the ``cli`` extra that cannot be imported, or None if all can.
+
+    ``pip install pml-recallk`` installs the library; the command needs the ``cli`` extra too.
+    """
+    import importlib.util
+
+    for module, package in CLI_EXTRA_MODULES.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a module set to None in sys.modules, or a broken install
+            found = False
+        if not found:
+            return (
+                f"the command needs {package}, which is not installed; install the command's extra: "
+                f'pip install "pml-recallk[cli]"'
+            )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pml-recallk``; returns the exit status (0, 2 for a user mistake, 130 if interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if not (argv and argv[0] == "benchmark"):
+            args = build_parser().parse_args(argv)  # only the standard library so far: --help answers at once
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already printed
+        return int(exit_.code or 0)
+    missing = missing_cli_extra()
+    if missing is not None:
+        print(f"pml-recallk: error: {missing}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    from .experiments.config import ConfigError
+
+    commands = {"train": _train, "evaluate": _evaluate, "embed": _embed, "retrieve": _retrieve, "config": _show_config}
+    try:
         if argv and argv[0] == "benchmark":
             # Everything after "benchmark" belongs to the runner, including its own --help.
             return _benchmark(argv[1:])
-        args = build_parser().parse_args(argv)
-        return {"train": _train, "evaluate": _evaluate, "config": _show_config}[args.command](args)
+        return commands[args.command](args)
     except ConfigError as error:
         print(f"pml-recallk: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("pml-recallk: interrupted (a training run continues with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already printed
+    except SystemExit as exit_:  # the benchmark runner's argparse: --help (0) or a usage error (2)
         return int(exit_.code or 0)
 
 

@@ -137,6 +137,11 @@ class ImageListDataset(Dataset):
     def num_classes(self) -> int:
         return int(self.labels.max()) + 1
 
+    @property
+    def paths(self) -> list[str]:
+        """The path of every image, as text (what ``pml-recallk embed`` and ``retrieve`` report)."""
+        return [str(path) for path in self.image_paths]
+
     def __len__(self) -> int:
         return len(self.image_paths)
 
@@ -240,6 +245,14 @@ class GlyphImages(Dataset):
     @property
     def num_classes(self) -> int:
         return len(self.characters)
+
+    @property
+    def paths(self) -> list[str]:
+        """A readable name of every rendered image (there is no file): ``<split>/<index>: <character> in <font>``."""
+        return [
+            f"{self.split}/{i}: {self.characters[label]} in {font}"
+            for i, (label, font) in enumerate(zip(self.labels, self.fonts))
+        ]
 
     def __len__(self) -> int:
         return len(self.labels)

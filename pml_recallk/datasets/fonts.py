@@ -19,6 +19,8 @@ import numpy as np
 from matplotlib.ft2font import FT2Font
 from PIL import Image, ImageDraw, ImageFont
 
+from .._paths import shipped_script
+
 FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
 
 # Size and baseline as fractions of the image side. The em square is 0.7 of the side and the baseline sits
@@ -145,14 +147,14 @@ def find_font_files(font_dirs: Sequence[str | os.PathLike] | str | os.PathLike |
         if not folder.is_dir():
             raise ValueError(
                 f"font_dirs entry {str(folder)!r} is not a folder; give folders that hold .ttf/.otf files "
-                "(e.g. /usr/share/fonts after benchmarks/setup_fonts.sh), or None for matplotlib's fonts"
+                f"(e.g. /usr/share/fonts after sudo {shipped_script('setup_fonts.sh')}), or None for matplotlib's fonts"
             )
         for root, _, names in os.walk(folder, followlinks=True):
             files.update(Path(root, n).resolve() for n in names if n.lower().endswith(FONT_SUFFIXES))
     if not files:
         raise ValueError(
             f"no .ttf/.otf/.ttc font files found under font_dirs={[str(d) for d in font_dirs]}; install fonts "
-            "(benchmarks/setup_fonts.sh) or pass font_dirs=None for matplotlib's fonts"
+            f"(sudo {shipped_script('setup_fonts.sh')}) or pass font_dirs=None for matplotlib's fonts"
         )
     return sorted(files)
 

@@ -25,6 +25,7 @@ from PIL import features
 
 from .._checks import check_bool, check_fraction, check_int, check_positive_int
 from .._io import save_npz_atomic
+from .._paths import cache_dir
 from .common import GlyphImages, check_split
 from .fonts import (
     LATIN_LETTERS,
@@ -126,9 +127,8 @@ class GlyphTable:
 
 
 def default_cache_dir() -> Path:
-    """``$PML_RECALLK_CACHE/glyphs`` if that variable is set, else ``~/.cache/pml_recallk/glyphs``."""
-    root = os.environ.get("PML_RECALLK_CACHE")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "pml_recallk") / "glyphs"
+    """``$PML_RECALLK_CACHE/glyphs`` if that variable is set, else ``~/.cache/pml-recallk/glyphs``."""
+    return cache_dir("glyphs")
 
 
 def glyph_table(
@@ -261,7 +261,7 @@ class Glyphs(GlyphImages):
         image_size: side of the square images in pixels (at least 16).
         seed: seed of the character and family split.
         cache_dir: where the rendered table is cached; default ``$PML_RECALLK_CACHE/glyphs`` or
-            ``~/.cache/pml_recallk/glyphs``.
+            ``~/.cache/pml-recallk/glyphs``.
         transform: applied to each PIL image (mode ``"L"``); ``None`` returns the PIL image.
         characters: the alphabet (a string or an iterable of single characters); default
             :data:`DEFAULT_CHARACTERS`.

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._paths import shipped_script
 from .fonts import FONT_SUFFIXES, family_key, is_blank
 
 CANVAS = 64
@@ -38,7 +39,7 @@ TGH_LEVEL_1 = range(1, 3501)  # positions in the kTGH list
 TGH_LEVELS_2_3 = range(3501, 8106)
 MIN_HAN_COVERAGE = 100  # a face whose character map holds fewer of the 8,105 list characters is not a Han face
 FAILED_FACE_ATTEMPTS = 20  # a face whose first this many renders all raise is dropped (FreeType cannot run it)
-FETCH_HINT = "bash benchmarks/fetch_han_fonts.sh"
+FETCH_HINT = shipped_script("fetch_han_fonts.sh")  # the copy in the installed package
 
 
 def fetch_advice(font_dir: Path) -> str:

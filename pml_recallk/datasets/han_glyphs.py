@@ -19,7 +19,7 @@ import numpy as np
 
 from .._checks import check_int
 from .common import GlyphImages, check_split
-from .han_fonts import IMAGE_SIZES, TGH_LEVEL_1, TGH_LEVELS_2_3
+from .han_fonts import FETCH_HINT, IMAGE_SIZES, TGH_LEVEL_1, TGH_LEVELS_2_3
 from .han_table import HanTable, default_cache_dir, default_font_dir, han_table
 
 MIN_IMAGES_PER_CLASS = 2  # a class needs a positive pair
@@ -47,7 +47,7 @@ def split_designs_and_characters(table: HanTable, seed: int) -> dict[str, tuple[
     if len(groups) < 2:
         raise ValueError(
             f"HanGlyphs: the fonts make {len(groups)} design group, and train and test need one each; add fonts "
-            "(bash benchmarks/fetch_han_fonts.sh DIR)"
+            f"({FETCH_HINT} DIR)"
         )
     num_test_groups = min(max(len(groups) // 2, 1), len(groups) - 1)
     test_groups, train_groups = np.sort(groups[:num_test_groups]), np.sort(groups[num_test_groups:])

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .._io import save_npz_atomic
+from .._paths import cache_dir
 from .han_fonts import (
     MIN_HAN_COVERAGE,
     HanFace,
@@ -109,15 +111,15 @@ class HanTable:
 
 
 def default_font_dir() -> Path:
-    """``$PML_RECALLK_HAN_FONTS`` if set, else ``~/.cache/pml-recallk/han-fonts``."""
+    """``$PML_RECALLK_HAN_FONTS`` if set, else ``han-fonts`` in the cache (``~/.cache/pml-recallk/han-fonts``)."""
     folder = os.environ.get("PML_RECALLK_HAN_FONTS")
-    return Path(folder).expanduser() if folder else Path.home() / ".cache" / "pml-recallk" / "han-fonts"
+    # pml_recallk/scripts/fetch_han_fonts.sh fills this same folder when given none.
+    return Path(folder).expanduser() if folder else cache_dir("han-fonts")
 
 
 def default_cache_dir() -> Path:
     """``$PML_RECALLK_CACHE/han-glyphs`` if that variable is set, else ``~/.cache/pml-recallk/han-glyphs``."""
-    root = os.environ.get("PML_RECALLK_CACHE")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "pml-recallk") / "han-glyphs"
+    return cache_dir("han-glyphs")
 
 
 def _digest(value) -> str:
@@ -397,7 +399,11 @@ def same_glyph_counts(results: list[dict], num_chars: int):
     component = np.zeros(len(images), np.int64)
     order = np.argsort(chars, kind="stable")
     bounds = np.searchsorted(chars[order], np.arange(num_chars + 1))
-    for c in range(num_chars):
+    from tqdm.auto import tqdm
+
+    # After rendering, the first build compares every character's renders across all faces: minutes with the full
+    # font set, so a bar rather than silence.
+    for c in tqdm(range(num_chars), unit="char", desc="HanGlyphs: comparing the faces' renders", mininterval=2):
         ids = order[bounds[c] : bounds[c + 1]]
         if len(ids):
             keep[ids], comp = _dedup_char(images[ids])
@@ -459,6 +465,7 @@ def _filter_and_group(
     dropped["same render as another face"] = sum(len(r["chars"]) for r in results) - len(images)
     dropped["near-duplicate of another face's render"] = int((~keep).sum())
     group, _ = design_groups(faces, same, common)
+    print(f"HanGlyphs: scoring how each of {len(faces)} faces agrees with the other designs ...", file=sys.stderr)
     scores = consensus_score([r["chars"] for r in results], [r["images"] for r in results], group, len(characters))
     for face, result, score in zip(faces, results, scores):
         if score < MIN_CONSENSUS_SCORE:

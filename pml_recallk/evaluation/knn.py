@@ -4,18 +4,23 @@ PML's ``FaissKNN`` searches every query at once and returns (N, k+1) results bef
 so on SOP at k = 1000 it holds several (N, k) copies at the same time (2.5 GB on top of the embeddings),
 and ``CustomKNN`` without ``batch_size`` builds the full N × N matrix. :class:`ChunkedKNN` keeps at most one
 chunk of queries × the reference in memory besides the (N, k) result, and follows the PML ``knn_func`` contract
-``knn_func(query, k, reference, ref_includes_query) -> (distances, indices)``.
+``knn_func(query, k, reference, ref_includes_query) -> (distances, indices)``. It also holds a stored reference
+the way PML's ``FaissKNN`` holds an index (``train``, ``add``, ``reset``, ``save``, ``load``), so it can be the
+``knn_func`` of PML's ``InferenceModel`` (see ``docs/inference.md``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from pytorch_metric_learning.distances import BaseDistance, DotProductSimilarity, LpDistance
 from pytorch_metric_learning.utils import inference
 
 from .._checks import check_int, check_positive_int
+from .._io import save_torch_atomic
 
 # One chunk's (queries × reference) score block is kept near this size when no chunk size is given.
 DEFAULT_CHUNK_BYTES = 128 * 2**20
@@ -62,6 +67,14 @@ class ChunkedKNN:
         >>> distances, indices = ChunkedKNN(query_chunk_size=2)(x, 1, x, ref_includes_query=True)
         >>> indices[[0, 3, 2], 0].tolist()  # items 0 and 3 are duplicates: each is the other's neighbour
         [3, 0, 1]
+
+    As PML's ``InferenceModel(knn_func=...)``: ``train`` stores the reference (``add`` appends to it), and a
+    call without ``reference`` searches it::
+
+        >>> knn = ChunkedKNN()
+        >>> knn.train(torch.tensor([[0.0], [1.0], [3.0]]))
+        >>> knn(torch.tensor([[2.9]]), 2)[1].tolist()
+        [[2, 1]]
     """
 
     def __init__(
@@ -90,16 +103,29 @@ class ChunkedKNN:
         self.distance = distance
         self.query_chunk_size = query_chunk_size
         self.backend = backend
+        self._stored: list[torch.Tensor] = []
 
     def __call__(
         self,
         query: torch.Tensor,
         k: int,
-        reference: torch.Tensor,
+        reference: torch.Tensor | None = None,
         ref_includes_query: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(distances, indices)``, each (len(query), k), best first; indices are int64."""
+        """Return ``(distances, indices)``, each (len(query), k), best first; indices are int64.
+
+        ``reference=None`` searches the stored reference (:meth:`train`, :meth:`add`), moved to the query's
+        device and dtype; indices then count the stored rows in the order they were added.
+        """
         k = check_int(k, "k", minimum=0)
+        if reference is None:
+            reference = self.stored_reference()
+            if reference is None:
+                raise ValueError(
+                    "ChunkedKNN has no reference: pass reference=..., or store one first with train(embeddings) "
+                    "(InferenceModel.train_knn)"
+                )
+            reference = reference.to(device=query.device, dtype=query.dtype)
         if ref_includes_query and len(reference) < len(query):
             raise ValueError(
                 f"ref_includes_query=True needs query i to be reference i, but reference has {len(reference)} "
@@ -122,6 +148,52 @@ class ChunkedKNN:
             self_index = torch.arange(start, end, device=query.device) if ref_includes_query else None
             distances[start:end], indices[start:end] = search(query[start:end], k, self_index)
         return distances, indices
+
+    # ---- the stored reference: what PML's InferenceModel calls (train_knn, add_to_knn, save/load_knn_func)
+
+    def train(self, embeddings: Any) -> None:
+        """Store ``embeddings`` (N, D) as the reference, replacing any stored before (PML's ``FaissKNN.train``)."""
+        self.reset()
+        self.add(embeddings)
+
+    def add(self, embeddings: Any) -> None:
+        """Append ``embeddings`` (M, D) to the stored reference; their indices continue after the stored rows."""
+        embeddings = torch.as_tensor(embeddings).detach()
+        if embeddings.ndim != 2:
+            raise ValueError(f"embeddings must be 2-D (items × dimensions), got shape {tuple(embeddings.shape)}")
+        if self._stored and embeddings.shape[1] != self._stored[0].shape[1]:
+            raise ValueError(
+                f"embeddings have {embeddings.shape[1]} dimensions but the stored reference has "
+                f"{self._stored[0].shape[1]}; call train() to replace it"
+            )
+        # Kept as a list and joined on first use: adding many small batches does not copy the reference each time.
+        self._stored.append(embeddings)
+
+    def reset(self) -> None:
+        """Forget the stored reference."""
+        self._stored = []
+
+    def stored_reference(self) -> torch.Tensor | None:
+        """The stored reference (N, D), or None before :meth:`train`/:meth:`add`."""
+        if not self._stored:
+            return None
+        if len(self._stored) > 1:
+            self._stored = [torch.cat([part.to(self._stored[0].device) for part in self._stored])]
+        return self._stored[0]
+
+    def save(self, filename: str | os.PathLike) -> None:
+        """Write the stored reference to ``filename`` (a torch file, written atomically)."""
+        reference = self.stored_reference()
+        if reference is None:
+            raise ValueError("ChunkedKNN.save: nothing to save; call train(embeddings) first")
+        save_torch_atomic({"reference": reference.cpu()}, filename)
+
+    def load(self, filename: str | os.PathLike) -> None:
+        """Read a reference written by :meth:`save` (on the CPU), replacing the stored one."""
+        state = torch.load(filename, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not isinstance(state.get("reference"), torch.Tensor):
+            raise ValueError(f"{os.fspath(filename)!r} is not a file written by ChunkedKNN.save")
+        self.train(state["reference"])
 
     @staticmethod
     def default_chunk_size(num_reference: int, k: int, uses_faiss: bool) -> int:
@@ -215,13 +287,15 @@ class _FaissSearch:
             scores, indices = self.index.search(query, k)
         else:
             scores, indices = self.index.search(query, k + 1)
-            scores, indices = _drop_self(scores, indices, self_index.cpu())
+            scores, indices = drop_self(scores, indices, self_index.cpu())
         if self.is_euclidean and self.distance.power != 2:
             scores = scores.clamp_min(0) ** (self.distance.power / 2)
         return scores.to(device=device, dtype=dtype), indices.to(device)
 
 
-def _drop_self(scores: torch.Tensor, indices: torch.Tensor, self_index: torch.Tensor):
+def drop_self(
+    scores: torch.Tensor, indices: torch.Tensor, self_index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Remove the query's own index from each row of a (n, k+1) result, or the last column if it is absent.
 
     It is absent only when more than k other items tie with the query's own score, so dropping the last

@@ -14,7 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import os
 import random
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,6 +54,7 @@ __all__ = [
     "device_of",
     "input_channels",
     "iterations_of",
+    "loader_workers",
     "mixed_precision_dtype",
     "seed_everything",
 ]
@@ -172,6 +176,22 @@ def build_datasets(
         if name not in result:
             result[name] = TransformedDataset(_load_split(config, name), test_tf)
     return {name: result[name] for name in wanted}
+
+
+def loader_workers(config: Mapping[str, Any]) -> int:
+    """``data.num_workers``, capped at the CPUs this process may use: torch's DataLoader warns above that (the
+    benchmark recipes ask for 8, the paper's machines had them). A cap is noted once, in one line on stderr."""
+    wanted = config["data"]["num_workers"]
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if wanted <= available:
+        return wanted
+    _note_worker_cap(wanted, available)
+    return available
+
+
+@functools.cache
+def _note_worker_cap(wanted: int, available: int) -> None:
+    print(f"pml-recallk: data.num_workers = {wanted} lowered to {available}, the CPUs of this machine", file=sys.stderr)
 
 
 def batch_size_of(config: Mapping[str, Any], num_classes: int) -> int:
@@ -305,12 +325,12 @@ def build_accuracy_calculator(config: Mapping[str, Any]) -> RecallAtKAccuracyCal
 def build_tester(
     config: Mapping[str, Any], device: torch.device | str, end_of_testing_hook=None
 ) -> GlobalEmbeddingSpaceTester:
-    """PML's ``GlobalEmbeddingSpaceTester`` with ``eval.batch_size``, ``data.num_workers`` and
+    """PML's ``GlobalEmbeddingSpaceTester`` with ``eval.batch_size``, :func:`loader_workers` and
     :func:`build_accuracy_calculator`; each split is evaluated against itself, every item a query with the rest
     of its split as the database."""
     return GlobalEmbeddingSpaceTester(
         batch_size=config["eval"]["batch_size"],
-        dataloader_num_workers=config["data"]["num_workers"],
+        dataloader_num_workers=loader_workers(config),
         data_device=torch.device(device),
         accuracy_calculator=build_accuracy_calculator(config),
         end_of_testing_hook=end_of_testing_hook,
@@ -376,7 +396,7 @@ def build_trainer(
         data_device=device,
         lr_schedulers={"trunk_scheduler_by_epoch": scheduler} if scheduler is not None else None,
         gradient_clippers=clippers or None,
-        dataloader_num_workers=config["data"]["num_workers"],
+        dataloader_num_workers=loader_workers(config),
         end_of_iteration_hook=end_of_iteration_hook,
         end_of_epoch_hook=end_of_epoch_hook,
         chunk_size=train["chunk_size"] or batch_size,

@@ -302,7 +302,7 @@ def test_bad_arguments(kwargs, error, match, tmp_path):
 
 def test_missing_or_empty_font_folder_names_the_fetch_script(tmp_path):
     for folder in (tmp_path / "absent", tmp_path):
-        with pytest.raises(FileNotFoundError, match=r"bash benchmarks/fetch_han_fonts\.sh") as info:
+        with pytest.raises(FileNotFoundError, match=r"bash \S*pml_recallk/scripts/fetch_han_fonts\.sh") as info:
             HanGlyphs(font_dir=folder, cache_dir=tmp_path / "cache")
         assert "\n" not in str(info.value)
 
@@ -324,7 +324,7 @@ def test_protocol_attributes():
     assert IMAGE_SIZES == (32, 48)
 
 
-@pytest.mark.parametrize("args", [[], ["--bogus", "x"], ["a", "b"]])
+@pytest.mark.parametrize("args", [["--bogus", "x"], ["a", "b"], ["--where", "a"]])  # none: the default folder
 def test_fetch_script_refuses_bad_arguments(args):
     import subprocess
 

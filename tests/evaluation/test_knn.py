@@ -222,3 +222,86 @@ def test_faiss_backend_without_faiss(monkeypatch):
     with pytest.raises(ImportError, match="faiss-cpu"):
         ChunkedKNN(backend="faiss")
     assert not ChunkedKNN().uses_faiss(torch.device("cpu"))
+
+
+# ---- ChunkedKNN as the knn_func of PML's InferenceModel (train_knn / add_to_knn / get_nearest_neighbors)
+
+
+def inference_model(knn_func):
+    torch.manual_seed(0)
+    trunk = torch.nn.Linear(6, 4)
+    return inference.InferenceModel(trunk, knn_func=knn_func, data_device=torch.device("cpu")), trunk
+
+
+def plain_embeddings(trunk, x):
+    with torch.no_grad():
+        return torch.nn.functional.normalize(trunk(x), dim=1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inference_model_nearest_neighbours_equal_brute_force(backend):
+    model, trunk = inference_model(make_knn(backend, query_chunk_size=3))
+    database, queries = random_embeddings(40, dim=6, seed=1), random_embeddings(7, dim=6, seed=2)
+    model.train_knn(database, batch_size=16)
+    distances, indices = model.get_nearest_neighbors(queries, k=5)
+    expected_indices, expected_distances = brute_force_knn(
+        plain_embeddings(trunk, queries), plain_embeddings(trunk, database), 5, False, sq_euclidean, largest=False
+    )
+    assert indices.tolist() == expected_indices.tolist()
+    np.testing.assert_allclose(distances.numpy(), expected_distances, rtol=1e-4, atol=1e-5)
+
+
+def test_inference_model_add_to_knn_continues_the_indices():
+    database, queries = random_embeddings(30, dim=6, seed=1), random_embeddings(5, dim=6, seed=2)
+    whole, _ = inference_model(ChunkedKNN(backend="torch"))
+    whole.train_knn(database)
+    parts, _ = inference_model(ChunkedKNN(backend="torch"))
+    parts.train_knn(database[:12])
+    parts.add_to_knn(database[12:20])
+    parts.add_to_knn(database[20:])
+    assert torch.equal(parts.get_nearest_neighbors(queries, 4)[1], whole.get_nearest_neighbors(queries, 4)[1])
+    parts.train_knn(database[:3])  # train replaces what was stored, as FaissKNN.train does
+    assert parts.get_nearest_neighbors(queries, 3)[1].max() < 3
+
+
+def test_inference_model_agrees_with_pml_faiss_knn():
+    pytest.importorskip("faiss")
+    database, queries = random_embeddings(200, dim=6, seed=4), random_embeddings(9, dim=6, seed=5)
+    ours, _ = inference_model(ChunkedKNN(backend="torch", query_chunk_size=4))
+    pml, _ = inference_model(inference.FaissKNN(reset_before=False, reset_after=False))
+    for model in (ours, pml):
+        model.train_knn(database)
+    (our_d, our_i), (pml_d, pml_i) = ours.get_nearest_neighbors(queries, 10), pml.get_nearest_neighbors(queries, 10)
+    assert torch.equal(our_i, pml_i)
+    torch.testing.assert_close(our_d, pml_d, rtol=1e-4, atol=1e-5)
+
+
+def test_inference_model_save_and_load_knn_func(tmp_path):
+    database, queries = random_embeddings(25, dim=6, seed=1), random_embeddings(4, dim=6, seed=2)
+    saved, _ = inference_model(ChunkedKNN(backend="torch"))
+    saved.train_knn(database)
+    saved.save_knn_func(str(tmp_path / "knn.pt"))
+    loaded, _ = inference_model(ChunkedKNN(backend="torch"))
+    loaded.load_knn_func(str(tmp_path / "knn.pt"))
+    assert torch.equal(loaded.get_nearest_neighbors(queries, 6)[1], saved.get_nearest_neighbors(queries, 6)[1])
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda knn: knn(random_embeddings(3), 1), ValueError, "no reference.*train"),
+        (lambda knn: knn.save("unused.pt"), ValueError, "nothing to save"),
+        (lambda knn: knn.add(torch.zeros(3)), ValueError, "2-D"),
+        (lambda knn: (knn.train(torch.zeros(3, 2)), knn.add(torch.zeros(3, 4))), ValueError, "4 dimensions.*has 2"),
+        (lambda knn: (knn.train(torch.zeros(3, 2)), knn.reset(), knn(torch.zeros(1, 2), 1)), ValueError, "no ref"),
+    ],
+)
+def test_stored_reference_misuse(call, error, match):
+    with pytest.raises(error, match=match):
+        call(ChunkedKNN(backend="torch"))
+
+
+def test_load_rejects_a_foreign_file(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a file written by ChunkedKNN.save"):
+        ChunkedKNN().load(tmp_path / "other.pt")
