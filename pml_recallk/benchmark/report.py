@@ -29,27 +29,57 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..experiments.builders import MAP_AT_R  # noqa: E402
+from ..experiments.config import ConfigError  # noqa: E402
 from ..experiments.registry import LOSSES  # noqa: E402
 from .sweep import FLOORS, PRETRAINED, UNTRAINED, Sweep, arm_overrides_text, sweep_toml  # noqa: E402
 
-__all__ = ["load_results", "summarize", "write_report"]
+__all__ = ["RESULT_FORMAT", "load_results", "read_result", "summarize", "write_report"]
 
+RESULT_FORMAT = "pml-recallk-benchmark-v2"
 PRIMARY_METRIC = "recall_at_1"
+# What every result.json holds (run_arm writes it); the spec's entries that name the run.
+_RESULT_ENTRIES = ("spec", "test", "best_epoch", "train_seconds", "seconds")
+_SPEC_ENTRIES = ("arm", "seed", "loss", "data")
+
+
+def read_result(path: str | Path) -> dict[str, Any]:
+    """A finished run's ``result.json``, checked to be one: a damaged or foreign file is a one-line ConfigError.
+
+    The runner writes ``result.json`` atomically, so a truncated, empty or foreign file was damaged or put there
+    from outside. It is refused, not rerun: rerunning would overwrite whatever the user put there, and a folder of
+    committed results has no checkpoints to rerun from; the message says to delete the file to rerun that run.
+    """
+    path = Path(path)
+    advice = "delete it to rerun that run"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is damaged (not UTF-8 text); {advice}") from None
+    if not text.strip():
+        raise ConfigError(f"{path} is empty, not a finished run; {advice}")
+    try:
+        result = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            f"{path} is damaged (truncated or not JSON: {error.msg} at line {error.lineno}); {advice}"
+        ) from None
+    if not isinstance(result, dict) or result.get("format") != RESULT_FORMAT:
+        found = result.get("format") if isinstance(result, dict) else type(result).__name__
+        raise ConfigError(
+            f"{path} is not a result of this benchmark (format {found!r}, expected {RESULT_FORMAT!r}); {advice}"
+        )
+    spec = result.get("spec")
+    missing = [e for e in _RESULT_ENTRIES if e not in result]
+    missing += [f"spec.{e}" for e in _SPEC_ENTRIES if isinstance(spec, dict) and e not in spec]
+    if missing or not isinstance(spec, dict) or not isinstance(result["test"], dict):
+        what = f"no {', '.join(missing)}" if missing else "a spec and test metrics that are not tables"
+        raise ConfigError(f"{path} is not a result of this benchmark ({what}); {advice}")
+    return result
 
 
 def load_results(output_dir: str | Path) -> list[dict[str, Any]]:
-    """Every finished run's ``result.json`` under ``output_dir/runs`` (those of the first runner, whose runs were
-    named by their loss configuration, read as arms of that name)."""
-    paths = sorted(Path(output_dir).glob("runs/*/seed_*/result.json"))
-    return [_upgraded(json.loads(path.read_text())) for path in paths]
-
-
-def _upgraded(result: dict[str, Any]) -> dict[str, Any]:
-    spec = result["spec"]
-    if "arm" not in spec:  # pml-recallk-benchmark-v1: "loss" named the configuration (rsk_large, rsk_simix, ...)
-        spec["arm"] = spec["loss"]
-        spec["loss"] = "rsk" if spec["loss"].startswith("rsk") else spec["loss"]
-    return result
+    """Every finished run's ``result.json`` under ``output_dir/runs`` (:func:`read_result`)."""
+    return [read_result(path) for path in sorted(Path(output_dir).glob("runs/*/seed_*/result.json"))]
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -146,22 +146,6 @@ def test_report_only_rewrites_the_table_from_finished_runs(config, datasets, tmp
     assert "| triplet | triplet | 16 |" in (tmp_path / "out" / "results.md").read_text()
 
 
-def test_the_first_runners_configuration_names_still_work_as_arms(config):
-    with pytest.warns(DeprecationWarning, match="now an arm"):
-        sweep = Sweep(config=config, losses=["rsk", "rsk_large", "rsk_simix"], batch_size=16, chunk_size=8, seeds=[0])
-    large, simix = sweep.arm_config(sweep.arm("rsk_large"), 0), sweep.arm_config(sweep.arm("rsk_simix"), 0)
-    assert (large["loss"]["name"], large["data"]["batch_size"], large["train"]["chunk_size"]) == ("rsk", 0, 8)
-    assert (simix["loss"]["name"], simix["data"]["batch_size"], simix["mixup"]["enabled"]) == ("rsk", 16, True)
-    assert sweep.arm_config(sweep.arm("rsk"), 0)["mixup"]["enabled"] is False
-
-
-def test_run_one_still_works_with_a_deprecation_warning(config, datasets, tmp_path):
-    sweep = Sweep(config=config, arms=[Arm("fastap", "fastap")], seeds=[0])
-    with pytest.warns(DeprecationWarning, match="run_one is deprecated"):
-        result = benchmark.run_one(sweep, "fastap", 0, datasets, tmp_path, log=quiet)
-    assert result["spec"]["arm"] == "fastap" and (tmp_path / "result.json").is_file()
-
-
 def test_a_subset_of_arms_keeps_the_arm_its_equal_steps_arm_refers_to():
     from pml_recallk.benchmark import runner
 
