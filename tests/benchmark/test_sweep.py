@@ -194,3 +194,22 @@ def test_a_bad_base_config_is_a_clear_error(value, message, tmp_path, monkeypatc
     path.write_text(f'[sweep]\nbase_config = {value}\n[arms.a]\nloss = "rsk"\n')
     with pytest.raises(ConfigError, match=message):
         benchmark.load_sweep(path)
+
+
+def test_a_sweep_file_written_by_the_report_reads_back_also_with_a_loss_table(config, tmp_path):
+    from pml_recallk.benchmark.sweep import sweep_toml
+
+    arms = [Arm("warm", "rsk", {"loss": {"rank_temperature": 0.05}}), Arm("ms", "multi_similarity")]
+    sweep = Sweep(config=config, arms=arms, seeds=[0, 2])
+    path = tmp_path / "sweep.toml"
+    path.write_text(sweep_toml(sweep))
+    read, _ = benchmark.load_sweep(path)
+    assert [(arm.name, arm.loss, arm.overrides) for arm in read.arms] == [
+        ("warm", "rsk", {"loss": {"name": "rsk", "rank_temperature": 0.05}}),
+        ("ms", "multi_similarity", {}),
+    ]
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("benchmarks/results/*/sweep.toml")), ids=lambda p: p.parent.name)
+def test_every_committed_sweep_file_reads_back(path):
+    benchmark.load_sweep(path)
