@@ -33,7 +33,7 @@ from ..experiments.config import ConfigError  # noqa: E402
 from ..experiments.registry import LOSSES  # noqa: E402
 from .sweep import FLOORS, PRETRAINED, UNTRAINED, Sweep, arm_overrides_text, sweep_toml  # noqa: E402
 
-__all__ = ["RESULT_FORMAT", "load_results", "read_result", "summarize", "write_report"]
+__all__ = ["RESULT_FORMAT", "load_results", "read_result", "summarize", "validation_rows", "write_report"]
 
 RESULT_FORMAT = "pml-recallk-benchmark-v2"
 PRIMARY_METRIC = "recall_at_1"
@@ -80,6 +80,34 @@ def read_result(path: str | Path) -> dict[str, Any]:
 def load_results(output_dir: str | Path) -> list[dict[str, Any]]:
     """Every finished run's ``result.json`` under ``output_dir/runs`` (:func:`read_result`)."""
     return [read_result(path) for path in sorted(Path(output_dir).glob("runs/*/seed_*/result.json"))]
+
+
+def validation_rows(output_dir: str | Path) -> list[dict[str, Any]]:
+    """The validation side of a sweep's finished runs, one row per trained arm, by its best epoch's validation
+    MAP@R (highest first): ``{"arm", "seeds", "steps", "best_epoch": [per seed], "val_recall_at_1", "val_map_at_r",
+    "last_val_map_at_r"}``, means over seeds. The best epoch is the one each run chose (by ``eval.select_by``), not
+    a choice made here; floors (no validation curve) are left out. ``benchmarks/validation_table.py`` prints it.
+    """
+    runs: dict[str, list[tuple[Mapping[str, float], Mapping[str, float], int]]] = {}
+    for result in load_results(output_dir):
+        curve = result.get("val_curve") or []
+        if len(curve) < 2:  # floors: nothing trained, nothing chosen
+            continue
+        (best,) = [point for point in curve if point["epoch"] == result["best_epoch"]]
+        runs.setdefault(result["spec"]["arm"], []).append((best, curve[-1], result["spec"]["steps"]))
+    rows = [
+        {
+            "arm": arm,
+            "seeds": len(seeds),
+            "steps": seeds[0][2],
+            "best_epoch": [int(best["epoch"]) for best, _, _ in seeds],
+            "val_recall_at_1": float(np.mean([best[PRIMARY_METRIC] for best, _, _ in seeds])),
+            "val_map_at_r": float(np.mean([best[MAP_AT_R] for best, _, _ in seeds])),
+            "last_val_map_at_r": float(np.mean([last[MAP_AT_R] for _, last, _ in seeds])),
+        }
+        for arm, seeds in runs.items()
+    ]
+    return sorted(rows, key=lambda row: -row["val_map_at_r"])
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
