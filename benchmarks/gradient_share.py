@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pml_recallk._io import write_json_atomic
+from pml_recallk.benchmark import harness
 from pml_recallk.benchmark.harness import gradient_spread
 from pml_recallk.experiments import builders, resolve_config
 from pml_recallk.experiments.checkpoints import load_init_weights
@@ -102,9 +102,7 @@ def main(argv=None) -> int:
                 f"| {loss_name} | {batch} | {mean['participation']:.2f} | {mean['share_for_90']:.2f} "
                 f"| {mean['silent']:.2f} |"
             )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gradient_share.md").write_text("\n".join(lines) + "\n")
-    write_json_atomic({"rows": rows, "command": " ".join(sys.argv)}, RESULTS / "gradient_share.json")
+    harness.write_results(RESULTS / "gradient_share", {"rows": rows, "command": " ".join(sys.argv)}, "\n".join(lines))
     print("\n".join(lines))
     return 0
 
