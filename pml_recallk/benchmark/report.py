@@ -28,15 +28,14 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file backend
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ..experiments.builders import MAP_AT_R  # noqa: E402
 from ..experiments.config import ConfigError  # noqa: E402
+from ..experiments.metrics import MAP_AT_R, PRIMARY_METRIC, metric_title, recall_k  # noqa: E402
 from ..experiments.registry import LOSSES  # noqa: E402
 from .sweep import FLOORS, PRETRAINED, UNTRAINED, Sweep, arm_overrides_text, sweep_toml  # noqa: E402
 
 __all__ = ["RESULT_FORMAT", "load_results", "read_result", "summarize", "validation_rows", "write_report"]
 
 RESULT_FORMAT = "pml-recallk-benchmark-v2"
-PRIMARY_METRIC = "recall_at_1"
 # What every result.json holds (run_arm writes it); the spec's entries that name the run.
 _RESULT_ENTRIES = ("spec", "test", "best_epoch", "train_seconds", "seconds")
 _SPEC_ENTRIES = ("arm", "seed", "loss", "data")
@@ -169,14 +168,8 @@ def _without_equal_steps(family: str) -> str:
 
 
 def _metric_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    recall = sorted(
-        {k for row in rows for k in row if k.startswith("recall_at_")}, key=lambda name: int(name.rsplit("_", 1)[1])
-    )
+    recall = sorted({name for row in rows for name in row if recall_k(name) is not None}, key=recall_k)
     return recall + ([MAP_AT_R] if any(MAP_AT_R in row for row in rows) else [])
-
-
-def _title(metric: str) -> str:
-    return "MAP@R" if metric == MAP_AT_R else f"R@{metric.rsplit('_', 1)[1]}"
 
 
 def _write_csvs(rows, results, metrics: list[str], output_dir: Path) -> None:
@@ -243,7 +236,9 @@ def _table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list[st
         "Test split, in %: mean ± standard deviation over the seeds (sample std, ddof = 1). "
         "Training time excludes validation.",
         "",
-        "| arm | loss | batch | steps | " + " | ".join(_title(m) for m in metrics) + " | training time (s) | seeds |",
+        "| arm | loss | batch | steps | "
+        + " | ".join(metric_title(m) for m in metrics)
+        + " | training time (s) | seeds |",
         "|---|---|---:|---:|" + "---:|" * len(metrics) + "---:|---:|",
     ]
     for row in rows:
@@ -332,7 +327,7 @@ def _paired_differences(results: Sequence[Mapping[str, Any]], metrics: Sequence[
         f"Differences from `{baseline}`, seed by seed (the same seed gives every arm the same initial network), in "
         "percentage points: mean ± std over the seeds both have.",
         "",
-        "| arm | " + " | ".join(f"Δ {_title(m)}" for m in metrics) + " | seeds |",
+        "| arm | " + " | ".join(f"Δ {metric_title(m)}" for m in metrics) + " | seeds |",
         "|---|" + "---:|" * len(metrics) + "---:|",
     ]
     for arm in trained[1:]:
@@ -352,7 +347,7 @@ def _paired_differences(results: Sequence[Mapping[str, Any]], metrics: Sequence[
 
 def _floor_title(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> str:
     return "".join(
-        f"\n{row['arm']} network: " + ", ".join(f"{_title(m)} {100 * row[m][0]:.1f}" for m in metrics if m in row)
+        f"\n{row['arm']} network: " + ", ".join(f"{metric_title(m)} {100 * row[m][0]:.1f}" for m in metrics if m in row)
         for row in rows
         if row["arm"] in FLOORS
     )
@@ -361,7 +356,7 @@ def _floor_title(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> s
 def _plot_bars(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], output_dir: Path) -> None:
     # Trained arms only, on an axis that starts near their lowest bar: the differences between arms are often a
     # point or two, invisible on a 0-100 axis. The floors are in the title.
-    recall = [m for m in metrics if m.startswith("recall_at_")]
+    recall = [m for m in metrics if recall_k(m) is not None]
     trained = [row for row in rows if row["arm"] not in FLOORS] or list(rows)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.0 * len(trained) + 2.5), 4.2))
     width = 0.8 / max(1, len(recall))
@@ -372,7 +367,7 @@ def _plot_bars(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], output
         stds = np.array([100 * row[metric][1] for row in trained])
         lowest = min(lowest, float((means - stds).min()))
         offsets = positions + (i - (len(recall) - 1) / 2) * width
-        ax.bar(offsets, means, width, yerr=stds, capsize=2, label=_title(metric))
+        ax.bar(offsets, means, width, yerr=stds, capsize=2, label=metric_title(metric))
     bottom = max(0.0, np.floor(lowest - 1.0))
     ax.set_xticks(positions, [row["arm"] for row in trained], rotation=30, ha="right")
     ax.set(ylabel="test Recall@k (%)" + (f" (axis from {bottom:g})" if bottom > 0 else ""), ylim=(bottom, 100))

@@ -38,9 +38,10 @@ from .._io import write_json_atomic
 from ..experiments import builders
 from ..experiments.checkpoints import LOCK_FILE, output_dir_lock
 from ..experiments.config import DATASETS, RUNTIME_KEYS, ConfigError, upgrade_config
+from ..experiments.metrics import PRIMARY_METRIC
 from ..experiments.registry import LOSSES
 from ..experiments.train import evaluate_initial_model, run_experiment
-from .report import PRIMARY_METRIC, RESULT_FORMAT, load_results, read_result, write_report
+from .report import RESULT_FORMAT, load_results, read_result, write_report
 from .sweep import FLOORS, Arm, Sweep, load_sweep
 
 __all__ = ["build_parser", "main", "planned_config", "run_arm", "run_sweep"]

@@ -52,12 +52,11 @@ from ..trainers.collapse import validation_collapse
 from . import builders
 from .checkpoints import RunCheckpoints, load_checkpoint, load_init_weights, output_dir_lock
 from .config import RESUMABLE_KEYS, ConfigError, config_differences, dumps_toml, upgrade_config
-from .plots import plot_history, sorted_by_k
+from .metrics import PRIMARY_METRIC, metric_title, sorted_by_k
+from .plots import plot_history
 from .registry import LOSSES
 
 __all__ = ["check_output_dir", "embed_and_evaluate", "evaluate_checkpoint", "evaluate_initial_model", "run_experiment"]
-
-PRIMARY_METRIC = "recall_at_1"
 
 Log = Callable[[str], None]
 
@@ -283,7 +282,7 @@ def _train_epochs(run: dict[str, Any], history: dict[str, Any], start_epoch: int
 
 
 def _format_metrics(metrics: Mapping[str, float]) -> str:
-    return ", ".join(f"R@{name.rsplit('_', 1)[-1]} {value:.4f}" for name, value in sorted_by_k(metrics))
+    return ", ".join(f"{metric_title(name)} {value:.4f}" for name, value in sorted_by_k(metrics))
 
 
 def _hooks(config: Mapping[str, Any], output_dir: Path, device, val_set: Dataset, checkpoints: RunCheckpoints):
