@@ -249,10 +249,13 @@ def test_a_folder_the_lock_made_is_removed_when_nothing_was_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_two_training_runs_into_one_folder_the_second_is_refused_before_writing(tiny_config, tmp_path, capsys):
+def test_two_training_runs_into_one_folder_the_second_is_refused_before_writing(
+    tiny_config, tmp_path, capsys, monkeypatch
+):
     """X10: the second run used to write into the first one's folder, and both ended with exit 0."""
     from pml_recallk import cli
 
+    monkeypatch.setattr(cli, "resolve_config", lambda *args, **kwargs: tiny_config)
     holder = _holder(tmp_path)
     try:
         for resume in ([], ["--resume"]):
