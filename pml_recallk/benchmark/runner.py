@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from .._io import write_json_atomic
 from ..experiments import builders
-from ..experiments.checkpoints import LOCK_FILE, output_dir_lock
+from ..experiments.checkpoints import LOCK_FILE, disk_full_is_one_line, output_dir_lock
 from ..experiments.config import DATASETS, RUNTIME_KEYS, ConfigError, upgrade_config
 from ..experiments.metrics import PRIMARY_METRIC
 from ..experiments.registry import LOSSES
@@ -190,7 +190,8 @@ def _run_arm_locked(spec, config, datasets, run_dir: Path, log: Log, command: st
         load_average=[load_at_start, _load_average()],
         command=command,
     )
-    write_json_atomic(result, run_dir / "result.json")
+    with disk_full_is_one_line(run_dir / "result.json", "rerunning the sweep writes it"):
+        write_json_atomic(result, run_dir / "result.json")
     return result
 
 

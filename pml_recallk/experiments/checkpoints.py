@@ -37,6 +37,7 @@ from .config import ConfigError
 __all__ = [
     "CHECKPOINT_FORMAT",
     "RunCheckpoints",
+    "disk_full_is_one_line",
     "get_rng_state",
     "load_checkpoint",
     "load_init_weights",
@@ -98,14 +99,8 @@ class RunCheckpoints:
         self._save({"epoch": epoch, "config": config, "model": model.state_dict(), "val": dict(val)}, self.best)
 
     def _save(self, state: Mapping[str, Any], path: Path) -> None:
-        try:
+        with disk_full_is_one_line(path, f"{path.name} keeps its previous checkpoint, intact"):
             save_checkpoint(state, path)
-        except DiskFullError:
-            # A traceback here would read as a bug; the previous checkpoint is whole (the write was atomic).
-            raise ConfigError(
-                f"the disk is full: {path} could not be written ({path.name} keeps its previous checkpoint, intact); "
-                "free some space and continue with --resume"
-            ) from None
 
     def read_last(self) -> dict[str, Any] | None:
         """``last.pt``, checked to hold every entry a resumed run needs (None when there is no ``last.pt``)."""
@@ -147,6 +142,18 @@ class RunCheckpoints:
             raise ConfigError(f"{self.last} does not fit this run's model, optimiser or loss: {message}") from None
         set_rng_state(state["rng"])
         return state["history"]
+
+
+@contextlib.contextmanager
+def disk_full_is_one_line(path: Path, kept: str) -> Iterator[None]:
+    """A full disk while the block writes ``path`` (atomically) becomes a one-line ConfigError that says so, what
+    was kept (``kept``) and to continue with ``--resume``, instead of torch's chained traceback (D01, D03)."""
+    try:
+        yield
+    except DiskFullError:
+        raise ConfigError(
+            f"the disk is full: {path} could not be written ({kept}); free some space and continue with --resume"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -50,7 +50,7 @@ from torch.utils.data import Dataset
 from .._io import write_json_atomic
 from ..trainers.collapse import validation_collapse
 from . import builders
-from .checkpoints import RunCheckpoints, load_checkpoint, load_init_weights, output_dir_lock
+from .checkpoints import RunCheckpoints, disk_full_is_one_line, load_checkpoint, load_init_weights, output_dir_lock
 from .config import RESUMABLE_KEYS, ConfigError, config_differences, dumps_toml, upgrade_config
 from .metrics import PRIMARY_METRIC, metric_title, sorted_by_k
 from .plots import plot_history
@@ -437,7 +437,8 @@ def _finish(run: dict[str, Any], history: dict[str, Any], output_dir: Path, log:
         "config": config,
     }
     # Atomic: a runner that finds results.json takes the run as finished.
-    write_json_atomic(results, output_dir / "results.json")
+    with disk_full_is_one_line(output_dir / "results.json", "the checkpoints are intact; --resume writes it"):
+        write_json_atomic(results, output_dir / "results.json")
     plot_history(history, output_dir)
     return results
 

@@ -185,6 +185,21 @@ def test_a_full_disk_in_a_training_run_exits_2_with_one_line(tiny_config, tmp_pa
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["epoch"] == 1
 
 
+def test_a_full_disk_while_writing_the_results_is_one_line_and_resume_writes_them(tiny_config, tmp_path, monkeypatch):
+    from pml_recallk.experiments import train
+
+    def full(obj, path):
+        raise _io.DiskFullError(errno.ENOSPC, "no space left on the device", str(path))
+
+    monkeypatch.setattr(train, "write_json_atomic", full)
+    with pytest.raises(ConfigError, match="the disk is full: .*results.json.*--resume") as error:
+        run_experiment(tiny_config, tmp_path, log=quiet)
+    assert "\n" not in str(error.value)
+    monkeypatch.undo()
+    results = run_experiment(tiny_config, tmp_path, resume=True, log=quiet)
+    assert json.loads((tmp_path / "results.json").read_text())["trained"] == results["trained"]
+
+
 def test_disk_full_is_recognised_through_the_chain_of_errors(tmp_path, monkeypatch):
     _disk_full_in_torch_save(monkeypatch)
     with pytest.raises(_io.DiskFullError):
