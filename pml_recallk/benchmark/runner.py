@@ -504,7 +504,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "pml-recallk benchmark")
             if not results:
                 raise ConfigError(f"{output_dir} holds no finished runs of this sweep")
             results.sort(key=lambda r: (order.index(r["spec"]["arm"]), r["spec"]["seed"]))
-            write_report(sweep, results, output_dir, command=command)
+            with output_dir_lock(output_dir):  # not while a sweep writes this folder
+                write_report(sweep, results, output_dir, command=command)
         else:
             run_sweep(sweep, output_dir, command=command, jobs=args.jobs)
     except ConfigError as error:

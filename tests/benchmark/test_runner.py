@@ -293,7 +293,7 @@ def test_a_difference_in_settings_is_shown_short(config, datasets, tmp_path):
     assert len(str(error.value)) < 400, str(error.value)
 
 
-def test_a_sweep_folder_in_use_by_another_process_is_refused(config, datasets, tmp_path):
+def test_a_sweep_folder_in_use_by_another_process_is_refused(config, datasets, tmp_path, capsys):
     import subprocess
     import sys
 
@@ -305,6 +305,19 @@ def test_a_sweep_folder_in_use_by_another_process_is_refused(config, datasets, t
         with pytest.raises(ConfigError, match=f"in use by another process \\(PID {holder.pid}\\)"):
             benchmark.run_sweep(make_sweep(config), tmp_path, datasets=datasets, log=quiet, command="cmd")
         assert not (tmp_path / "runs").exists()
+        (tmp_path / "runs" / "rsk" / "seed_0").mkdir(parents=True)  # a finished run, so that a report is due
+        result = {
+            "format": benchmark.RESULT_FORMAT,
+            "spec": {"arm": "triplet", "seed": 0, "loss": "triplet", "data": {}},
+        }
+        result |= {"test": {"recall_at_1": 0.5}, "best_epoch": 1, "train_seconds": 1.0, "seconds": 1.0}
+        (tmp_path / "runs" / "rsk" / "seed_0" / "result.json").write_text(json.dumps(result))
+        sweep_file = tmp_path / "sweep.toml"
+        sweep_file.write_text("[arms.triplet]\nloss = 'triplet'\n")
+        argv = ["--sweep", str(sweep_file), "--output-dir", str(tmp_path), "--report-only"]
+        assert benchmark.main(argv) == 2
+        assert f"in use by another process (PID {holder.pid})" in capsys.readouterr().err
+        assert not (tmp_path / "results.md").exists()
     finally:
         holder.kill()
         holder.wait()
