@@ -36,14 +36,15 @@ import csv
 import json
 import os
 import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from pml_recallk.benchmark import harness
+from pml_recallk.benchmark.harness import cpu_seconds, current_rss_mb, peak_rss_mb
 
 K_VALUES = (1, 10, 100, 1000)
 CONFIGS = (
@@ -57,21 +58,6 @@ CONFIGS = (
 )
 BASELINE = "pml_max_bin_count"
 PML_METRICS = ("precision_at_1", "mean_average_precision_at_r")
-
-
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def cpu_seconds() -> float:
-    """User + system time of this process, all threads: less disturbed than wall time on a shared machine."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def sop_like_labels(num_items: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -189,11 +175,14 @@ def run_config(config: str, data_folder: Path, max_gb: float, num_items: int, de
             "num_items": num_items,
             "skipped": f"not run: needs about {estimated_pml_default_gb(num_items):.0f} GB (> --max-gb {max_gb:g})",
         }
-    command = [sys.executable, __file__, "--worker", config, "--data", str(data_folder), "--device", device]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        return {"config": config, "num_items": num_items, "skipped": "failed: " + " ".join(done.stderr.split()[-40:])}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        return harness.run_worker(__file__, ["--worker", config, "--data", data_folder, "--device", device])
+    except harness.WorkerFailed as failure:
+        return {
+            "config": config,
+            "num_items": num_items,
+            "skipped": "failed: " + " ".join(failure.stderr.split()[-40:]),
+        }
 
 
 def describe_machine(rows: list[dict]) -> str:
@@ -243,7 +232,6 @@ CSV_COLUMNS = (
 
 def write_results(rows: list[dict], command: str, out: Path, baseline: str = BASELINE) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
     with open(out.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["num_items", "config", *CSV_COLUMNS, "note"])
@@ -293,7 +281,7 @@ def write_results(rows: list[dict], command: str, out: Path, baseline: str = BAS
             f"{row['cpu_seconds']:.1f} | {cpu_ratio} | {row['peak_rss_mb']:.0f} | {row['extra_mb']:.0f} | "
             f"{gpu_cells}{format_accuracies(row)} |"
         )
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    harness.write_results(out, {"command": command, "rows": rows}, "\n".join(lines))
 
 
 def main() -> None:
@@ -309,7 +297,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.data, args.device)))
+        harness.print_worker_result(worker(args.worker, args.data, args.device))
         return
 
     command = "python benchmarks/eval_speed.py " + " ".join(sys.argv[1:])

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pml_recallk._io import write_json_atomic
+from pml_recallk.benchmark import harness
+from pml_recallk.benchmark.harness import gradient_spread
 from pml_recallk.experiments import builders, resolve_config
 from pml_recallk.experiments.checkpoints import load_init_weights
 
@@ -47,20 +48,6 @@ def gradient_norms(loss_name: str, config, embeddings: torch.Tensor, labels: tor
     if grad is None:  # no pair or triplet was active: no item learns anything
         return np.zeros(len(labels))
     return grad.norm(dim=1).double().numpy()
-
-
-def spread(norms: np.ndarray) -> dict[str, float]:
-    total = norms.sum()
-    if total == 0:
-        return {"participation": 0.0, "share_for_90": 0.0, "silent": 1.0}
-    squares = np.sort(norms**2)[::-1]
-    # The fewest items whose squares reach 90 % of the sum (a relative 1e-12 for the rounding of the cumulative sum).
-    needed = int(np.searchsorted(np.cumsum(squares), 0.9 * squares.sum() * (1 - 1e-12))) + 1
-    return {
-        "participation": float(total**2 / (len(norms) * (norms**2).sum())),
-        "share_for_90": needed / len(norms),
-        "silent": float((norms < 0.01 * norms.max()).mean()),
-    }
 
 
 def draw_batch(train, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +81,7 @@ def main(argv=None) -> int:
                 embeddings = torch.cat([model(chunk) for chunk in images.split(512)])
             for loss_name in LOSSES:
                 rows.append({"batch": batch, "draw": draw, "loss": loss_name,
-                             **spread(gradient_norms(loss_name, config, embeddings, labels))})  # fmt: skip
+                             **gradient_spread(gradient_norms(loss_name, config, embeddings, labels))})  # fmt: skip
             print(f"batch {batch} draw {draw} done", file=sys.stderr, flush=True)
     lines = [
         "# How many items of a batch each loss learns from (Han fine-tune, at the pretrained checkpoint)",
@@ -115,9 +102,7 @@ def main(argv=None) -> int:
                 f"| {loss_name} | {batch} | {mean['participation']:.2f} | {mean['share_for_90']:.2f} "
                 f"| {mean['silent']:.2f} |"
             )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gradient_share.md").write_text("\n".join(lines) + "\n")
-    write_json_atomic({"rows": rows, "command": " ".join(sys.argv)}, RESULTS / "gradient_share.json")
+    harness.write_results(RESULTS / "gradient_share", {"rows": rows, "command": " ".join(sys.argv)}, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

@@ -34,9 +34,7 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,18 +42,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pml_recallk.benchmark import harness
+from pml_recallk.benchmark.harness import current_rss_mb, peak_rss_mb
+
 LOSS_METHODS = ("ours", "released_loop", "naive", "floor")
 PATH_METHODS = ("dense", "tiled", "fused", "floor_tiled")
 SIMIX_METHODS = ("ours", "simix_database", "simix_official", "materialised")
-
-
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def released_loop_loss(emb: torch.Tensor, m: int, k_values=(1, 2, 4, 8, 16), tau=0.01) -> torch.Tensor:
@@ -205,17 +197,13 @@ def worker(method: str, batch: int, device: str, repeats: int, threads: int | No
 
 
 def run(method: str, batch: int, device: str, repeats: int, timeout: float, threads: int | None) -> dict:
-    cmd = [sys.executable, __file__, "--worker", method, str(batch), "--device", device, "--repeats", str(repeats)]
+    args = ["--worker", method, batch, "--device", device, "--repeats", repeats]
     if threads:
-        cmd += ["--threads", str(threads)]
+        args += ["--threads", threads]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True).stdout
-        return json.loads(out.strip().splitlines()[-1])
-    except subprocess.TimeoutExpired:
-        return {"method": method, "batch": batch, "seconds": None, "extra_mb": None, "note": f"> {timeout:.0f} s"}
-    except subprocess.CalledProcessError as error:
-        last = (error.stderr or "").strip().splitlines()[-1:] or ["failed"]
-        return {"method": method, "batch": batch, "seconds": None, "extra_mb": None, "note": last[0][:80]}
+        return harness.run_worker(__file__, args, timeout=timeout)
+    except harness.WorkerFailed as failure:
+        return {"method": method, "batch": batch, "seconds": None, "extra_mb": None, "note": failure.note[:80]}
 
 
 def fmt(x, spec):
@@ -240,7 +228,9 @@ def main(argv=None) -> None:
     parser.add_argument("--reuse", nargs="*", default=[], help="--paths: JSONs of earlier runs whose rows stand in")
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.device, args.repeats, args.threads)))
+        harness.print_worker_result(
+            worker(args.worker[0], int(args.worker[1]), args.device, args.repeats, args.threads)
+        )
         return
     if args.paths:
         compare_paths(args, " ".join([Path(sys.executable).name, *sys.argv]))
@@ -283,10 +273,7 @@ def report_header(title: str, args, command: str) -> list[str]:
 
 
 def write_outputs(out: str, lines: list[str], payload: dict) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+    harness.write_results(out, payload, "\n".join(lines))
     print("\n".join(lines))
 
 

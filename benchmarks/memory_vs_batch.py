@@ -35,6 +35,8 @@ from pytorch_metric_learning.trainers import MetricLossOnly
 from pytorch_metric_learning.utils import common_functions as c_f
 
 from pml_recallk import CrossBatchMemory, MemoryEfficientTrainer, RecallAtKAccuracyCalculator, RecallKSurrogateLoss
+from pml_recallk._io import write_json_atomic
+from pml_recallk.benchmark import harness
 from pml_recallk.models import SmallConvNet
 
 RESULTS = Path(__file__).parent / "results" / "memory_vs_batch"
@@ -178,9 +180,7 @@ def run(args) -> None:
                 continue
             result = run_one(name, config, seed, train, test, described, args)
             result["command"] = "python benchmarks/memory_vs_batch.py " + " ".join(sys.argv[1:])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.with_suffix(".tmp").write_text(json.dumps(result, indent=2))
-            path.with_suffix(".tmp").replace(path)
+            write_json_atomic(result, path)
             r1 = result["accuracy"]["recall_at_1"]
             print(f"{name} seed {seed}: R@1 {100 * r1:.2f}, {result['seconds_per_epoch']:.1f} s/epoch", flush=True)
             report(args, quiet=True)  # the tables always show every finished run
@@ -307,8 +307,7 @@ def report(args, quiet: bool = False) -> None:
     rows = summarise(runs)
     large = f"batch_{max(r['batch'] for r in runs)}"
     relative = relative_to_large_batch(rows, large)
-    (args.out / "results.json").write_text(json.dumps({"rows": rows, "relative": relative}, indent=2))
-    (args.out / "results.md").write_text(markdown(rows, relative, runs))
+    harness.write_results(args.out / "results", {"rows": rows, "relative": relative}, markdown(rows, relative, runs))
     plot(rows, args.out / "recall_vs_time.png")
     if not quiet:
         print((args.out / "results.md").read_text())

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pml_recallk import RecallAtKAccuracyCalculator, RecallKSurrogateLoss, cached_backward, datasets
 from pml_recallk._io import write_json_atomic
+from pml_recallk.benchmark import harness
 from pml_recallk.models.small_cnn import SmallConvNet
 from pml_recallk.models.transforms import test_transform, train_transform
 from pml_recallk.trainers.collapse import mean_pairwise_cosine, out_of_reach_fraction
@@ -226,9 +227,7 @@ def main(argv=None) -> int:
                 f"| {row['exact_out_of_reach']:.2f} "
                 f"| {row['soft_out_of_reach']:.2f} | {row['median_best_soft_rank']:.1f} |"
             )
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "soft_rank_census.md").write_text("\n".join(lines) + "\n")
-        write_json_atomic(rows, RESULTS / "soft_rank_census.json")
+        harness.write_results(RESULTS / "soft_rank_census", {"rows": rows}, "\n".join(lines))
         print("\n".join(lines))
         return 0
     if not args.report:

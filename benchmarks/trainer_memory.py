@@ -30,15 +30,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
+
+from pml_recallk.benchmark import harness
+from pml_recallk.benchmark.harness import MIB, PeakResidentMemory, timed
 
 RESULTS = Path(__file__).parent / "results" / "trainer_memory"
 SAMPLES_PER_CLASS = 4
-MIB = 2**20
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -121,45 +120,14 @@ def worker(args: argparse.Namespace) -> dict:
     }
 
 
-def timed(function) -> tuple[float, float]:
-    """(CPU seconds of this thread, wall seconds) of one call."""
-    cpu, wall = time.thread_time(), time.perf_counter()
-    function()
-    return time.thread_time() - cpu, time.perf_counter() - wall
-
-
-class PeakResidentMemory:
-    """The resident set size on entry and its maximum inside the block, sampled every millisecond."""
-
-    def __enter__(self):
-        import psutil
-
-        self._process = psutil.Process()
-        self.before = self.peak = self._process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.001):
-            self.peak = max(self.peak, self._process.memory_info().rss)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
-
-
 def run_configuration(trainer: str, batch: int, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--worker", trainer, "--batch", str(batch), "--chunk", str(args.chunk)]
-    command += ["--image-size", str(args.image_size), "--width", str(args.width), "--repeats", str(args.repeats)]
-    command += ["--threads", str(args.threads), "--dataset-size", str(args.dataset_size)]
-    command += ["--batch-sizes", *map(str, args.batch_sizes)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    worker_args = ["--worker", trainer, "--batch", batch, "--chunk", args.chunk, "--image-size", args.image_size]
+    worker_args += ["--width", args.width, "--repeats", args.repeats, "--threads", args.threads]
+    worker_args += ["--dataset-size", args.dataset_size, "--batch-sizes", *args.batch_sizes]
+    try:
+        return harness.run_worker(__file__, worker_args)
+    except harness.WorkerFailed as failure:
+        raise RuntimeError(f"{failure}\n{failure.stderr[-3000:]}") from None
 
 
 def fits(batch: int, measured: list[dict]) -> bool:
@@ -176,7 +144,7 @@ def fits(batch: int, measured: list[dict]) -> bool:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args)))
+        harness.print_worker_result(worker(args))
         return
     if args.report_from:
         run = json.loads(args.report_from.read_text())
@@ -192,11 +160,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             results.append(run_configuration(trainer, batch, args))
             print(json.dumps(results[-1]), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(
-        json.dumps({"command": command, "results": results, "skipped": skipped}, indent=2) + "\n"
-    )
-    args.out.with_suffix(".md").write_text(markdown(command, results, skipped, args))
+    payload = {"command": command, "results": results, "skipped": skipped}
+    harness.write_results(args.out, payload, markdown(command, results, skipped, args))
     plot(results, args)
 
 

@@ -27,12 +27,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from trainer_memory import MIB, PeakResidentMemory, timed  # noqa: E402
+from pml_recallk.benchmark import harness
+from pml_recallk.benchmark.harness import MIB, PeakResidentMemory, timed
 
 RESULTS = Path(__file__).parent / "results" / "trainer_whole_split"
 CONFIGURATIONS = ("batch_1024", "whole_tiled", "whole_dense")
@@ -140,7 +139,7 @@ def worker(args) -> dict:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args)))
+        harness.print_worker_result(worker(args))
         return
     import tempfile
 
@@ -150,13 +149,11 @@ def main(argv=None) -> None:
     torch.save(load_split(args), data_file)
     rows = []
     for name in args.configurations:
-        command = [sys.executable, __file__, "--worker", name, "--data-file", str(data_file)]
-        command += ["--chunk", str(args.chunk), "--threads", str(args.threads)]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            rows.append({"configuration": name, "note": (done.stderr.strip().splitlines() or ["failed"])[-1][:160]})
-        else:
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        worker_args = ["--worker", name, "--data-file", data_file, "--chunk", args.chunk, "--threads", args.threads]
+        try:
+            rows.append(harness.run_worker(__file__, worker_args))
+        except harness.WorkerFailed as failure:
+            rows.append({"configuration": name, "note": failure.note})
         print(json.dumps(rows[-1]), flush=True)
     data_file.unlink()
     write_report(rows, args, " ".join(["python", *sys.argv]))
@@ -192,8 +189,7 @@ def write_report(rows, args, command) -> None:
         if "note" in r:
             lines.append(f"\n{r['configuration']}: not measured ({r['note']})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+    harness.write_results(args.out, {"command": command, "rows": rows}, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -9,38 +9,10 @@ the same ``runs/<arm>/seed_<n>/result.json`` files and shows only what the runs 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
-
-def validation_rows(results_dir: Path) -> list[dict]:
-    runs = defaultdict(list)
-    for path in sorted(results_dir.glob("runs/*/seed_*/result.json")):
-        result = json.loads(path.read_text())
-        curve = result.get("val_curve") or []
-        if len(curve) < 2:  # floors: nothing trained, nothing chosen
-            continue
-        # The epoch the run chose (by eval.select_by, validation Recall@1 unless set), not a choice made here.
-        (best,) = [point for point in curve if point["epoch"] == result["best_epoch"]]
-        runs[path.parts[-3]].append((best, curve[-1], result["spec"]["steps"]))
-    rows = []
-    for arm, seeds in runs.items():
-        rows.append(
-            {
-                "arm": arm,
-                "seeds": len(seeds),
-                "steps": seeds[0][2],
-                "best_epoch": [int(best["epoch"]) for best, _, _ in seeds],
-                "val_recall_at_1": float(np.mean([best["recall_at_1"] for best, _, _ in seeds])),
-                "val_map_at_r": float(np.mean([best["mean_average_precision_at_r"] for best, _, _ in seeds])),
-                "last_val_map_at_r": float(np.mean([last["mean_average_precision_at_r"] for _, last, _ in seeds])),
-            }
-        )
-    return sorted(rows, key=lambda row: -row["val_map_at_r"])
+from pml_recallk.benchmark.report import validation_rows
 
 
 def main(argv=None) -> int:

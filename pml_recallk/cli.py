@@ -128,8 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(train)
     train.add_argument("--output-dir", metavar="DIR", help="where results go (default: a new folder under runs/)")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run in --output-dir")
-    # For tests of --resume: end the process abruptly right after this epoch's checkpoint.
-    train.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -220,6 +218,7 @@ def _metric_table(columns: Mapping[str, Mapping[str, float]]) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .experiments.checkpoints import RunCheckpoints
     from .experiments.config import ConfigError, resolve_config
 
     overrides = _overrides(args)
@@ -228,14 +227,14 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         if output_dir is None:
             raise ConfigError("--resume needs the --output-dir of the run to continue")
-        last = output_dir / "checkpoints" / "last.pt"
-        if last.exists():
+        last = RunCheckpoints(output_dir).read_last()
+        if last is not None:
             # The saved config is the base: the same command line plus --resume, or --resume alone, both work.
-            base = experiments.load_checkpoint(last)["config"]
+            base = last["config"]
     config = resolve_config(args.dataset, args.config, overrides, base=base)
     _check_data_root(config)
     output_dir = output_dir or _default_output_dir(config["data"]["dataset"])
-    results = experiments.run_experiment(config, output_dir, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
+    results = experiments.run_experiment(config, output_dir, resume=args.resume)
 
     test_splits = results["test_splits"]
     print(f"Recall@k on {config['data']['dataset']} (best epoch {results['best_epoch']} of {results['epochs_run']}, "

@@ -1,12 +1,14 @@
 """The ``pml-recallk`` command: one-line errors with exit status 2, train / evaluate / config, and --resume.
 
-The resume tests interrupt a tiny run after its first epoch (a simulated crash with ``--stop-after-epoch``, and
-a real SIGKILL) and check that resuming ends with exactly the weights and numbers of an uninterrupted run.
+The resume tests interrupt a tiny run after its first epoch (a crash simulated by ``run_experiment``'s
+``on_checkpoint``, and a real SIGKILL) and check that resuming ends with exactly the weights and numbers of an
+uninterrupted run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -21,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pml_recallk import cli
+from pml_recallk import cli, experiments
 from pml_recallk.cli import main
 from pml_recallk.experiments.config import default_config
 
@@ -219,10 +221,23 @@ def assert_same_run(expected_dir, resumed_dir):
     assert a["history"]["val"] == b["history"]["val"]
 
 
+class _Crash(Exception):
+    """A crash simulated right after an epoch's checkpoint (by ``run_experiment``'s ``on_checkpoint``)."""
+
+
 def test_resume_after_a_crash_ends_like_an_uninterrupted_run(uninterrupted, tiny_args, tmp_path, capsys):
     expected_dir, _ = uninterrupted
-    crashed = run_cli("train", "--output-dir", str(tmp_path), *tiny_args, "--stop-after-epoch", "1")
-    assert crashed.returncode == 3, crashed.stderr
+
+    def crash_after_epoch_1(epoch: int) -> None:
+        if epoch == 1:
+            raise _Crash
+
+    with pytest.MonkeyPatch.context() as patch:
+        run = functools.partial(experiments.train.run_experiment, on_checkpoint=crash_after_epoch_1)
+        patch.setattr(experiments, "run_experiment", run)
+        with pytest.raises(_Crash):
+            main(["train", "--output-dir", str(tmp_path), *tiny_args])
+    capsys.readouterr()  # the crashed run's log
     assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
     assert not (tmp_path / "results.json").exists()
 

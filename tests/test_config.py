@@ -156,17 +156,6 @@ def test_the_old_amp_key_still_works_with_a_deprecation_warning(tmp_path):
         assert resolve_config(overrides=["train.amp=bfloat16"])["train"]["mixed_precision"] == "bfloat16"
 
 
-def test_the_old_module_path_still_works_with_a_deprecation_warning():
-    import importlib
-    import sys as system
-
-    for name in ("pml_recallk.config", "pml_recallk.experiment"):
-        system.modules.pop(name, None)
-        with pytest.warns(DeprecationWarning, match=name.replace(".", r"\.") + " is deprecated"):
-            module = importlib.import_module(name)
-        assert callable(getattr(module, "resolve_config", None) or module.run_experiment)
-
-
 def test_a_saved_config_of_the_last_release_upgrades():
     saved = default_config()
     saved["train"]["amp"] = saved["train"].pop("mixed_precision") == "auto"

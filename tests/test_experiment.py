@@ -23,7 +23,7 @@ from pml_recallk.experiments.builders import build_datasets
 from pml_recallk.experiments.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
 from pml_recallk.experiments.config import ConfigError
 from pml_recallk.experiments.plots import recall_axis_limits
-from pml_recallk.experiments.train import _epoch_counter, evaluate_checkpoint, run_experiment
+from pml_recallk.experiments.train import evaluate_checkpoint, run_experiment
 from pml_recallk.losses.recall_k_surrogate_loss import contains_recall_k_surrogate
 
 TINY = [
@@ -329,12 +329,14 @@ def test_pml_prints_no_missing_embedder_warning(tiny_config, caplog):
     assert (trainer.loss_monitor is not None) == contains_recall_k_surrogate(loss)
 
 
-def test_the_progress_bar_counts_epochs():
-    with _epoch_counter(2, 5):
-        bar = base_trainer.tqdm.tqdm(range(3), disable=True)
-        bar.set_description("total_loss=0.5")  # as PML's trainer does after every iteration
-        assert bar.desc.startswith("epoch 2/5 total_loss=0.5")
-    assert base_trainer.tqdm.tqdm is not type(bar)  # PML's own tqdm is back
+def test_each_epoch_is_logged_and_pml_keeps_its_own_progress_bar(tiny_config, tmp_path):
+    import tqdm
+
+    log: list[str] = []
+    run_experiment(tiny_config, tmp_path, log=log.append)
+    epochs = [line for line in log if ": training, " in line]
+    assert epochs == [f"epoch {e}/3: training, 2 iterations" for e in (1, 2, 3)], log
+    assert base_trainer.tqdm is tqdm  # PML's module is not swapped
 
 
 @pytest.mark.parametrize("values", [[0.9, 0.95, 0.97], [0.2, 0.99], [1.0, 1.0]])

@@ -8,7 +8,6 @@ epoch; weight decay and train-mode BatchNorm are on, so a frozen backbone that m
 from __future__ import annotations
 
 import json
-import os
 import types
 
 import pytest
@@ -17,6 +16,7 @@ from torch import nn
 
 from pml_recallk.experiments import builders, resolve_config
 from pml_recallk.experiments import train as train_module
+from pml_recallk.experiments.checkpoints import RunCheckpoints
 from pml_recallk.experiments.config import ConfigError, default_config, dumps_toml
 from pml_recallk.experiments.train import _backbone_frozen, run_experiment
 from pml_recallk.models import SmallConvNet
@@ -40,7 +40,7 @@ def quiet(message: str) -> None:
 
 
 class _Crash(Exception):
-    """Raised in place of ``os._exit`` by ``stop_after_epoch``, so that a crash can be simulated in this process."""
+    """Raised by ``on_checkpoint`` after an epoch's checkpoint, so that a crash can be simulated in this process."""
 
 
 @pytest.fixture(scope="module")
@@ -59,20 +59,19 @@ def run_and_record(monkeypatch, config, output, **kwargs) -> list[dict[str, dict
     def record(model_state, loss_state) -> None:
         states.append({"model": copied(model_state), "loss": copied(loss_state)})
 
-    build_parts, save_checkpoint = train_module._build_parts, train_module.save_checkpoint
+    build_parts, save_last = train_module._build_parts, RunCheckpoints.save_last
 
     def recording_build_parts(*args):
         parts = build_parts(*args)
         record(parts["model"].state_dict(), parts["loss"].state_dict())
         return parts
 
-    def recording_save_checkpoint(state, path):
-        if path.name == "last.pt":
-            record(state["model"], state["loss"])
-        save_checkpoint(state, path)
+    def recording_save_last(self, epoch, config, parts, history):
+        record(parts["model"].state_dict(), parts["loss"].state_dict())
+        save_last(self, epoch, config, parts, history)
 
     monkeypatch.setattr(train_module, "_build_parts", recording_build_parts)
-    monkeypatch.setattr(train_module, "save_checkpoint", recording_save_checkpoint)
+    monkeypatch.setattr(RunCheckpoints, "save_last", recording_save_last)
     run_experiment(config, output, log=quiet, **kwargs)
     return states
 
@@ -130,16 +129,15 @@ def test_no_warmup_trains_the_backbone_from_the_first_epoch(glyph_cache, tmp_pat
     assert "features.1.running_mean" in moved
 
 
-def test_resuming_in_the_middle_of_the_warmup_ends_like_an_uninterrupted_run(warmed_up, tmp_path, monkeypatch):
+def test_resuming_in_the_middle_of_the_warmup_ends_like_an_uninterrupted_run(warmed_up, tmp_path):
     config, uninterrupted, _ = warmed_up
 
-    def crash(status: int):
-        raise _Crash(status)
+    def crash_after_epoch_1(epoch: int) -> None:
+        if epoch == 1:
+            raise _Crash(epoch)
 
-    monkeypatch.setattr(os, "_exit", crash)
     with pytest.raises(_Crash):
-        run_experiment(config, tmp_path, log=quiet, stop_after_epoch=1)
-    monkeypatch.undo()
+        run_experiment(config, tmp_path, log=quiet, on_checkpoint=crash_after_epoch_1)
     run_experiment(config, tmp_path, resume=True, log=quiet)
     expected = torch.load(uninterrupted / "checkpoints" / "last.pt", weights_only=True)
     resumed = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)

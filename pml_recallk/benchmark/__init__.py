@@ -28,20 +28,15 @@ _PUBLIC = {
     "build_parser": ".runner",
     "main": ".runner",
     "run_arm": ".runner",
-    "run_one": ".runner",
-    "build_sweep_datasets": ".runner",
     "run_sweep": ".runner",
+    "RESULT_FORMAT": ".report",
     "load_results": ".report",
+    "read_result": ".report",
     "summarize": ".report",
     "write_report": ".report",
 }
-# The losses are the experiments' (one registry); BenchmarkLoss is this release's name for a LossEntry.
-_REGISTRY = {
-    "LOSSES": "LOSSES",
-    "register_loss": "register_loss",
-    "LossEntry": "LossEntry",
-    "BenchmarkLoss": "LossEntry",
-}
+# The losses are the experiments' (one registry).
+_REGISTRY = {"LOSSES": "LOSSES", "register_loss": "register_loss", "LossEntry": "LossEntry"}
 
 __all__ = sorted([*_PUBLIC, *_REGISTRY])
 

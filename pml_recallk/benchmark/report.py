@@ -28,28 +28,85 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file backend
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ..experiments.builders import MAP_AT_R  # noqa: E402
+from ..experiments.config import ConfigError  # noqa: E402
+from ..experiments.metrics import MAP_AT_R, PRIMARY_METRIC, metric_title, recall_k  # noqa: E402
 from ..experiments.registry import LOSSES  # noqa: E402
 from .sweep import FLOORS, PRETRAINED, UNTRAINED, Sweep, arm_overrides_text, sweep_toml  # noqa: E402
 
-__all__ = ["load_results", "summarize", "write_report"]
+__all__ = ["RESULT_FORMAT", "load_results", "read_result", "summarize", "validation_rows", "write_report"]
 
-PRIMARY_METRIC = "recall_at_1"
+RESULT_FORMAT = "pml-recallk-benchmark-v2"
+# What every result.json holds (run_arm writes it); the spec's entries that name the run.
+_RESULT_ENTRIES = ("spec", "test", "best_epoch", "train_seconds", "seconds")
+_SPEC_ENTRIES = ("arm", "seed", "loss", "data")
+
+
+def read_result(path: str | Path) -> dict[str, Any]:
+    """A finished run's ``result.json``, checked to be one: a damaged or foreign file is a one-line ConfigError.
+
+    The runner writes ``result.json`` atomically, so a truncated, empty or foreign file was damaged or put there
+    from outside. It is refused, not rerun: rerunning would overwrite whatever the user put there, and a folder of
+    committed results has no checkpoints to rerun from; the message says to delete the file to rerun that run.
+    """
+    path = Path(path)
+    advice = "delete it to rerun that run"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is damaged (not UTF-8 text); {advice}") from None
+    if not text.strip():
+        raise ConfigError(f"{path} is empty, not a finished run; {advice}")
+    try:
+        result = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            f"{path} is damaged (truncated or not JSON: {error.msg} at line {error.lineno}); {advice}"
+        ) from None
+    if not isinstance(result, dict) or result.get("format") != RESULT_FORMAT:
+        found = result.get("format") if isinstance(result, dict) else type(result).__name__
+        raise ConfigError(
+            f"{path} is not a result of this benchmark (format {found!r}, expected {RESULT_FORMAT!r}); {advice}"
+        )
+    spec = result.get("spec")
+    missing = [e for e in _RESULT_ENTRIES if e not in result]
+    missing += [f"spec.{e}" for e in _SPEC_ENTRIES if isinstance(spec, dict) and e not in spec]
+    if missing or not isinstance(spec, dict) or not isinstance(result["test"], dict):
+        what = f"no {', '.join(missing)}" if missing else "a spec and test metrics that are not tables"
+        raise ConfigError(f"{path} is not a result of this benchmark ({what}); {advice}")
+    return result
 
 
 def load_results(output_dir: str | Path) -> list[dict[str, Any]]:
-    """Every finished run's ``result.json`` under ``output_dir/runs`` (those of the first runner, whose runs were
-    named by their loss configuration, read as arms of that name)."""
-    paths = sorted(Path(output_dir).glob("runs/*/seed_*/result.json"))
-    return [_upgraded(json.loads(path.read_text())) for path in paths]
+    """Every finished run's ``result.json`` under ``output_dir/runs`` (:func:`read_result`)."""
+    return [read_result(path) for path in sorted(Path(output_dir).glob("runs/*/seed_*/result.json"))]
 
 
-def _upgraded(result: dict[str, Any]) -> dict[str, Any]:
-    spec = result["spec"]
-    if "arm" not in spec:  # pml-recallk-benchmark-v1: "loss" named the configuration (rsk_large, rsk_simix, ...)
-        spec["arm"] = spec["loss"]
-        spec["loss"] = "rsk" if spec["loss"].startswith("rsk") else spec["loss"]
-    return result
+def validation_rows(output_dir: str | Path) -> list[dict[str, Any]]:
+    """The validation side of a sweep's finished runs, one row per trained arm, by its best epoch's validation
+    MAP@R (highest first): ``{"arm", "seeds", "steps", "best_epoch": [per seed], "val_recall_at_1", "val_map_at_r",
+    "last_val_map_at_r"}``, means over seeds. The best epoch is the one each run chose (by ``eval.select_by``), not
+    a choice made here; floors (no validation curve) are left out. ``benchmarks/validation_table.py`` prints it.
+    """
+    runs: dict[str, list[tuple[Mapping[str, float], Mapping[str, float], int]]] = {}
+    for result in load_results(output_dir):
+        curve = result.get("val_curve") or []
+        if len(curve) < 2:  # floors: nothing trained, nothing chosen
+            continue
+        (best,) = [point for point in curve if point["epoch"] == result["best_epoch"]]
+        runs.setdefault(result["spec"]["arm"], []).append((best, curve[-1], result["spec"]["steps"]))
+    rows = [
+        {
+            "arm": arm,
+            "seeds": len(seeds),
+            "steps": seeds[0][2],
+            "best_epoch": [int(best["epoch"]) for best, _, _ in seeds],
+            "val_recall_at_1": float(np.mean([best[PRIMARY_METRIC] for best, _, _ in seeds])),
+            "val_map_at_r": float(np.mean([best[MAP_AT_R] for best, _, _ in seeds])),
+            "last_val_map_at_r": float(np.mean([last[MAP_AT_R] for _, last, _ in seeds])),
+        }
+        for arm, seeds in runs.items()
+    ]
+    return sorted(rows, key=lambda row: -row["val_map_at_r"])
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -111,14 +168,8 @@ def _without_equal_steps(family: str) -> str:
 
 
 def _metric_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    recall = sorted(
-        {k for row in rows for k in row if k.startswith("recall_at_")}, key=lambda name: int(name.rsplit("_", 1)[1])
-    )
+    recall = sorted({name for row in rows for name in row if recall_k(name) is not None}, key=recall_k)
     return recall + ([MAP_AT_R] if any(MAP_AT_R in row for row in rows) else [])
-
-
-def _title(metric: str) -> str:
-    return "MAP@R" if metric == MAP_AT_R else f"R@{metric.rsplit('_', 1)[1]}"
 
 
 def _write_csvs(rows, results, metrics: list[str], output_dir: Path) -> None:
@@ -185,7 +236,9 @@ def _table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list[st
         "Test split, in %: mean ± standard deviation over the seeds (sample std, ddof = 1). "
         "Training time excludes validation.",
         "",
-        "| arm | loss | batch | steps | " + " | ".join(_title(m) for m in metrics) + " | training time (s) | seeds |",
+        "| arm | loss | batch | steps | "
+        + " | ".join(metric_title(m) for m in metrics)
+        + " | training time (s) | seeds |",
         "|---|---|---:|---:|" + "---:|" * len(metrics) + "---:|---:|",
     ]
     for row in rows:
@@ -274,7 +327,7 @@ def _paired_differences(results: Sequence[Mapping[str, Any]], metrics: Sequence[
         f"Differences from `{baseline}`, seed by seed (the same seed gives every arm the same initial network), in "
         "percentage points: mean ± std over the seeds both have.",
         "",
-        "| arm | " + " | ".join(f"Δ {_title(m)}" for m in metrics) + " | seeds |",
+        "| arm | " + " | ".join(f"Δ {metric_title(m)}" for m in metrics) + " | seeds |",
         "|---|" + "---:|" * len(metrics) + "---:|",
     ]
     for arm in trained[1:]:
@@ -294,7 +347,7 @@ def _paired_differences(results: Sequence[Mapping[str, Any]], metrics: Sequence[
 
 def _floor_title(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> str:
     return "".join(
-        f"\n{row['arm']} network: " + ", ".join(f"{_title(m)} {100 * row[m][0]:.1f}" for m in metrics if m in row)
+        f"\n{row['arm']} network: " + ", ".join(f"{metric_title(m)} {100 * row[m][0]:.1f}" for m in metrics if m in row)
         for row in rows
         if row["arm"] in FLOORS
     )
@@ -303,7 +356,7 @@ def _floor_title(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> s
 def _plot_bars(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], output_dir: Path) -> None:
     # Trained arms only, on an axis that starts near their lowest bar: the differences between arms are often a
     # point or two, invisible on a 0-100 axis. The floors are in the title.
-    recall = [m for m in metrics if m.startswith("recall_at_")]
+    recall = [m for m in metrics if recall_k(m) is not None]
     trained = [row for row in rows if row["arm"] not in FLOORS] or list(rows)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.0 * len(trained) + 2.5), 4.2))
     width = 0.8 / max(1, len(recall))
@@ -314,7 +367,7 @@ def _plot_bars(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], output
         stds = np.array([100 * row[metric][1] for row in trained])
         lowest = min(lowest, float((means - stds).min()))
         offsets = positions + (i - (len(recall) - 1) / 2) * width
-        ax.bar(offsets, means, width, yerr=stds, capsize=2, label=_title(metric))
+        ax.bar(offsets, means, width, yerr=stds, capsize=2, label=metric_title(metric))
     bottom = max(0.0, np.floor(lowest - 1.0))
     ax.set_xticks(positions, [row["arm"] for row in trained], rotation=30, ha="right")
     ax.set(ylabel="test Recall@k (%)" + (f" (axis from {bottom:g})" if bottom > 0 else ""), ylim=(bottom, 100))

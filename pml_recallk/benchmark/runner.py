@@ -23,8 +23,8 @@ import os
 import pickle
 import shlex
 import sys
+import threading
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -36,16 +36,15 @@ from torch.utils.data import Dataset
 
 from .._io import write_json_atomic
 from ..experiments import builders
+from ..experiments.checkpoints import LOCK_FILE, disk_full_is_one_line, output_dir_lock
 from ..experiments.config import DATASETS, RUNTIME_KEYS, ConfigError, upgrade_config
+from ..experiments.metrics import PRIMARY_METRIC
 from ..experiments.registry import LOSSES
 from ..experiments.train import evaluate_initial_model, run_experiment
-from .report import load_results, write_report
+from .report import RESULT_FORMAT, load_results, read_result, write_report
 from .sweep import FLOORS, Arm, Sweep, load_sweep
 
-__all__ = ["build_parser", "build_sweep_datasets", "main", "planned_config", "run_arm", "run_one", "run_sweep"]
-
-RESULT_FORMAT = "pml-recallk-benchmark-v2"
-PRIMARY_METRIC = "recall_at_1"
+__all__ = ["build_parser", "main", "planned_config", "run_arm", "run_sweep"]
 
 Log = Callable[[str], None]
 
@@ -160,8 +159,14 @@ def run_arm(
     "train_seconds", "seconds", "finished", "device", "threads", "load_average", "init_checkpoint", "command"}``
     (and a trained run's ``warnings``, e.g. a collapse of validation recall)
     (``test`` on the first test split; ``train_seconds`` the training steps' wall time, validation excluded).
+    ``run_dir`` is locked while the run runs (:func:`~pml_recallk.experiments.checkpoints.output_dir_lock`).
     """
-    run_dir, started, load_at_start = Path(run_dir), time.perf_counter(), _load_average()
+    with output_dir_lock(run_dir):
+        return _run_arm_locked(spec, config, datasets, Path(run_dir), log, command)
+
+
+def _run_arm_locked(spec, config, datasets, run_dir: Path, log: Log, command: str | None) -> dict[str, Any]:
+    started, load_at_start = time.perf_counter(), _load_average()
     first_test = config["data"]["test_splits"][0]
     result: dict[str, Any] = {"format": RESULT_FORMAT, "spec": dict(spec)}
     if spec["evaluate_only"]:
@@ -185,14 +190,21 @@ def run_arm(
         load_average=[load_at_start, _load_average()],
         command=command,
     )
-    write_json_atomic(result, run_dir / "result.json")
+    with disk_full_is_one_line(run_dir / "result.json", "rerunning the sweep writes it"):
+        write_json_atomic(result, run_dir / "result.json")
     return result
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         return [d for key in sorted(set(a) | set(b)) for d in _differences(a.get(key), b.get(key), f"{prefix}{key}.")]
-    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} != {b!r}"]
+    return [] if a == b else [f"{prefix.rstrip('.')}: {_short(a)} != {_short(b)}"]
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a whole table in an error line hides the difference."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _planned(sweep: Sweep, data: _Data) -> list[tuple[str, int, dict[str, Any]]]:
@@ -216,6 +228,34 @@ class _Unfinished(NamedTuple):
     spec: dict[str, Any]
     config: dict[str, Any]
     run_dir: Path
+
+
+def _start_worker(threads: int, parent: int) -> None:
+    """The initializer of a worker process: the parent's torch thread count, and an exit when the parent dies.
+
+    A parent killed by SIGKILL (the OOM killer, ``kill -9``) cannot stop its workers, which would finish their runs
+    into the sweep's folder and then wait forever (B27). A daemon thread polls the parent's PID: once this process
+    has another parent (the parent is gone) it exits at once, within a second.
+    """
+    torch.set_num_threads(threads)
+
+    def exit_with_the_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_the_parent, name="exit-with-the-parent", daemon=True).start()
+
+
+_PARENT_POLL_SECONDS = 0.5
+
+
+def worker_pool(jobs: int) -> ProcessPoolExecutor:
+    """``jobs`` spawned worker processes (a fresh torch, not a fork of this process's state) with this process's
+    torch thread count, which exit when this process dies."""
+    context = multiprocessing.get_context("spawn")
+    initargs = (torch.get_num_threads(), os.getpid())
+    return ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=initargs)
 
 
 # The datasets a worker process builds itself, once per [data] table, as the parent process built them (so that
@@ -257,10 +297,9 @@ def _run_in_processes(
 ) -> None:
     """Run ``runs`` in ``jobs`` worker processes, ``results[run.number - 1]`` set and logged as each finishes.
 
-    Workers are spawned (a fresh torch, not a fork of this process's state) with this process's torch thread
-    count, and run exactly what :func:`run_arm` runs here, so a run's numbers do not depend on where it ran. A run
-    starts only when a worker is free: after a failure none starts, those in progress finish (their results stay
-    on disk for the next run of the sweep), then the failure is raised.
+    Workers (:func:`worker_pool`) run exactly what :func:`run_arm` runs here, so a run's numbers do not depend on
+    where it ran. A run starts only when a worker is free: after a failure none starts, those in progress finish
+    (their results stay on disk for the next run of the sweep), then the failure is raised.
     """
     pickled_datasets = None
     if datasets is not None:
@@ -273,8 +312,7 @@ def _run_in_processes(
             ) from None
     jobs, threads, total = min(jobs, len(runs)), torch.get_num_threads(), len(results)
     log(f"{len(runs)} runs to go, {jobs} at a time (worker processes with torch.set_num_threads({threads}))")
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+    with worker_pool(jobs) as pool:
         waiting, running = iter(runs), dict[Future, _Unfinished]()
 
         def start_next() -> None:
@@ -331,10 +369,19 @@ def run_sweep(
     plan = _planned(sweep, data)
     for _, _, config in plan:  # every split loaded (its files checked) and every config built before any write
         data.of(config)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    # The per-run checkpoints and logs are for looking into runs, not for the repository.
+    with output_dir_lock(output_dir):  # a second sweep into this folder is refused while this one runs
+        results = _run_plan(sweep, plan, data, output_dir, log, command, jobs)
+    log(f"wrote {output_dir / 'results.md'} ({time.perf_counter() - started:.0f} s)")
+    return results
+
+
+def _run_plan(sweep: Sweep, plan, data: _Data, output_dir: Path, log: Log, command: str, jobs: int) -> list[dict]:
+    """:func:`run_sweep` once its folder is locked: skip the finished runs, run the others, write the report."""
+    # The per-run checkpoints and logs are for looking into runs, not for the repository; nor is a lock file that
+    # a killed run left behind.
     ignored = ["checkpoints/", "logs/", "tensorboard/", "*.png", "config.toml", "results.json"]
-    (output_dir / ".gitignore").write_text("".join(f"runs/*/*/{pattern}\n" for pattern in ignored))
+    gitignore = "".join(f"runs/*/*/{pattern}\n" for pattern in ignored) + f"{LOCK_FILE}\n"
+    (output_dir / ".gitignore").write_text(gitignore)
     results: list[dict[str, Any] | None] = []
     unfinished = []  # with jobs > 1: run in worker processes once every finished run is checked
     for number, (name, seed, config) in enumerate(plan, start=1):
@@ -343,7 +390,7 @@ def run_sweep(
         spec = _spec(name, seed, config, datasets_of_run, sweep.arm(name).equal_steps if name in sweep.names else "")
         done = run_dir / "result.json"
         if done.exists():
-            result = json.loads(done.read_text())
+            result = read_result(done)
             differences = _differences(_stored_spec(result), spec)
             if differences:
                 raise ConfigError(
@@ -359,39 +406,9 @@ def run_sweep(
             result = None
         results.append(result)
     if unfinished:
-        _run_in_processes(unfinished, results, jobs, datasets, log, command)
+        _run_in_processes(unfinished, results, jobs, data.given, log, command)
     write_report(sweep, results, output_dir)
-    log(f"wrote {output_dir / 'results.md'} ({time.perf_counter() - started:.0f} s)")
     return results
-
-
-def run_one(
-    sweep: Sweep,
-    loss: str,
-    seed: int,
-    datasets: Mapping[str, Dataset],
-    run_dir: str | Path,
-    log: Log = _log_to_stderr,
-    command: str | None = None,
-) -> dict[str, Any]:
-    """Deprecated (use :func:`run_sweep`, or :func:`run_arm`): run the arm or floor ``loss`` with ``seed``."""
-    warnings.warn("benchmark.run_one is deprecated; use run_sweep (or run_arm)", DeprecationWarning, stacklevel=2)
-    data = _Data(datasets)
-    if loss in FLOORS:
-        config, equal_steps = sweep.floor_config(loss, seed), ""
-    else:
-        config, equal_steps = planned_config(sweep, sweep.arm(loss), seed, data), sweep.arm(loss).equal_steps
-    spec = _spec(loss, seed, config, datasets, equal_steps)
-    return run_arm(spec, config, datasets, run_dir, log=log, command=command)
-
-
-def build_sweep_datasets(sweep: Sweep) -> dict[str, Dataset]:
-    """Deprecated: ``{"train", "val", "test"}`` of the sweep's base config (use experiments.builders)."""
-    warnings.warn("benchmark.build_sweep_datasets is deprecated; use experiments.builders.build_datasets",
-                  DeprecationWarning, stacklevel=2)  # fmt: skip
-    test = sweep.config["data"]["test_splits"][0]
-    datasets = builders.build_datasets(sweep.config, ["train", "val", test])
-    return {"train": datasets["train"], "val": datasets["val"], "test": datasets[test]}
 
 
 # --------------------------------------------------------------------------------------------------- CLI
@@ -487,7 +504,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "pml-recallk benchmark")
             if not results:
                 raise ConfigError(f"{output_dir} holds no finished runs of this sweep")
             results.sort(key=lambda r: (order.index(r["spec"]["arm"]), r["spec"]["seed"]))
-            write_report(sweep, results, output_dir, command=command)
+            with output_dir_lock(output_dir):  # not while a sweep writes this folder
+                write_report(sweep, results, output_dir, command=command)
         else:
             run_sweep(sweep, output_dir, command=command, jobs=args.jobs)
     except ConfigError as error:

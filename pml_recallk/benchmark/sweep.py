@@ -41,7 +41,6 @@ Example:
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,11 +64,6 @@ PRETRAINED = "pretrained"
 FLOORS = (UNTRAINED, PRETRAINED)
 _ARM_KEYS = {"loss", "equal_steps"}
 _SWEEP_KEYS = {"name", "seeds", "floors", "budget_images", "losses", "batch_size", "output_dir", "base_config"}
-# The first runner's loss configurations that were arms in all but name (deprecated).
-_OLD_NAMES = {
-    "rsk_large": 'loss = "rsk" with [data] batch_size = large_batch_size and [train] chunk_size = chunk_size',
-    "rsk_simix": 'loss = "rsk" with [mixup] enabled = true',
-}
 
 
 @dataclass
@@ -107,8 +101,7 @@ class Sweep:
             takes ``round(budget / (epochs × batch))`` steps per epoch (at least 1): the same images seen.
         name: shown in the report.
         losses: shorthand: one arm per loss, named after it, with ``batch_size`` as its ``data.batch_size`` (0:
-            the base config's). The first runner's names ``rsk_large`` (at ``large_batch_size``, 0: every class,
-            in chunks of ``chunk_size``) and ``rsk_simix`` still work this release, with a DeprecationWarning.
+            the base config's).
         references: arms that are not run but that ``equal_steps`` may name (a subset of a sweep file's arms
             keeps the arms its equal-steps arms refer to).
     """
@@ -122,8 +115,6 @@ class Sweep:
     references: list[Arm] = field(default_factory=list)
     losses: list[str] = field(default_factory=list)
     batch_size: int = 0
-    large_batch_size: int = 0
-    chunk_size: int = 0
 
     def __post_init__(self) -> None:
         self.arms = list(self.arms) + [self._shorthand_arm(loss) for loss in self.losses if loss not in self.names]
@@ -150,17 +141,9 @@ class Sweep:
             self.arm_config(arm, self.seeds[0])  # every arm's config is checked before anything runs
 
     def _shorthand_arm(self, loss: str) -> Arm:
-        for key in ("batch_size", "large_batch_size", "chunk_size"):
-            if type(getattr(self, key)) is not int or getattr(self, key) < 0:
-                raise ConfigError(f"sweep.{key} must be a non-negative integer, got {getattr(self, key)!r}")
-        batch = {"data": {"batch_size": self.batch_size}} if self.batch_size else {}
-        if loss not in _OLD_NAMES:
-            return Arm(loss, loss, batch)
-        warnings.warn(f"the loss configuration {loss!r} is now an arm: {_OLD_NAMES[loss]}", DeprecationWarning, 3)
-        if loss == "rsk_simix":
-            return Arm(loss, "rsk", {**batch, "mixup": {"enabled": True}})
-        train = {"train": {"chunk_size": self.chunk_size}} if self.chunk_size else {}
-        return Arm(loss, "rsk", {"data": {"batch_size": self.large_batch_size}, **train})
+        if type(self.batch_size) is not int or self.batch_size < 0:
+            raise ConfigError(f"sweep.batch_size must be a non-negative integer, got {self.batch_size!r}")
+        return Arm(loss, loss, {"data": {"batch_size": self.batch_size}} if self.batch_size else {})
 
     @property
     def names(self) -> list[str]:
@@ -258,10 +241,15 @@ def sweep_toml(sweep: Sweep) -> str:
     lines += [f"floors = {json.dumps(sweep.floors)}", f"budget_images = {sweep.budget_images}", ""]
     lines.append(dumps_toml(sweep.config))
     for arm in sweep.arms:
-        lines += [f"[arms.{arm.name}]", f"loss = {json.dumps(arm.loss)}"]
+        lines.append(f"[arms.{arm.name}]")
+        overrides = dict(arm.overrides)
+        if "loss" in overrides:  # TOML cannot hold both `loss = ...` and an [arms.NAME.loss] table
+            overrides["loss"] = {"name": arm.loss, **overrides["loss"]}
+        else:
+            lines.append(f"loss = {json.dumps(arm.loss)}")
         if arm.equal_steps:
             lines.append(f"equal_steps = {json.dumps(arm.equal_steps)}")
-        for table, values in arm.overrides.items():
+        for table, values in overrides.items():
             lines += [f"[arms.{arm.name}.{table}]"] + [f"{key} = {json.dumps(value)}" for key, value in values.items()]
         lines.append("")
     return "\n".join(lines)

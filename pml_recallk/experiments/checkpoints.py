@@ -1,42 +1,174 @@
-"""Checkpoints of ``pml-recallk train``: writing them atomically, reading them back with one-line errors, the
-generator states that make a resumed run exact, and the weights a run starts from (``model.init_checkpoint``).
+"""What a run folder of ``pml-recallk train`` keeps to be resumed, in one place: its checkpoints, how they are
+written and read back, and the lock that keeps two live processes out of one folder.
 
-A checkpoint is a dict with ``"format": CHECKPOINT_FORMAT``, ``"epoch"``, ``"config"`` and ``"model"`` (a
-state_dict); ``last.pt`` also holds the optimiser, scheduler and loss states, the generator states and the history
-of the run. Files are written with :func:`pml_recallk._io.save_torch_atomic`.
+* :class:`RunCheckpoints` is the only code that knows the names ``checkpoints/``, ``last.pt`` and ``best.pt`` and
+  what each file holds. ``last.pt`` (written after every epoch) holds everything a resumed run needs to go on as
+  if it had not stopped: the epoch, the config, the model, optimiser, scheduler and loss states, the generator
+  states and the history of the run. ``best.pt`` (written when validation improves) holds the epoch, the config,
+  the model and its validation metrics. Each is a dict with ``"format": CHECKPOINT_FORMAT``.
+* :func:`output_dir_lock` holds ``<output>/.pml-recallk.lock`` for the life of a run (see :mod:`pml_recallk._io`).
+* :func:`load_checkpoint` and :func:`load_init_weights` read a checkpoint for ``evaluate`` and for
+  ``model.init_checkpoint``.
+
+Files are written with :func:`pml_recallk._io.save_torch_atomic`: a crash or a full disk leaves the previous file.
 
 Example:
     >>> import tempfile, torch
-    >>> from pathlib import Path
-    >>> path = Path(tempfile.mkdtemp()) / "best.pt"
-    >>> save_checkpoint({"epoch": 1, "config": {}, "model": {"w": torch.zeros(2)}}, path)
-    >>> load_checkpoint(path)["epoch"]
-    1
+    >>> checkpoints = RunCheckpoints(tempfile.mkdtemp())
+    >>> checkpoints.save_best(epoch=1, config={}, model=torch.nn.Linear(2, 2), val={"recall_at_1": 0.5})
+    >>> checkpoints.best.name, load_checkpoint(checkpoints.best)["epoch"]
+    ('best.pt', 1)
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._io import save_torch_atomic
+from .._io import DiskFullError, FolderLockedError, folder_lock, save_torch_atomic
 from .config import ConfigError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "RunCheckpoints",
+    "disk_full_is_one_line",
     "get_rng_state",
     "load_checkpoint",
     "load_init_weights",
+    "output_dir_lock",
     "save_checkpoint",
     "set_rng_state",
 ]
 
 CHECKPOINT_FORMAT = "pml-recallk-checkpoint-v1"
+CHECKPOINTS_FOLDER, LAST, BEST = "checkpoints", "last.pt", "best.pt"
+LOCK_FILE = ".pml-recallk.lock"
+# What last.pt holds besides the format tag; a file without one of them cannot be resumed.
+LAST_ENTRIES = ("epoch", "config", "model", "optimizers", "lr_scheduler", "loss", "rng", "history")
+_RNG_ENTRIES = ("python", "numpy", "torch", "cuda")
+
+
+class RunCheckpoints:
+    """The checkpoints of the run in ``output_dir``: ``<output_dir>/checkpoints/{last,best}.pt``.
+
+    ``parts`` below is the run's ``{"model", "optimizers": {name: optimizer}, "scheduler" (or None), "loss"}``.
+    """
+
+    def __init__(self, output_dir: str | Path):
+        self.folder = Path(output_dir) / CHECKPOINTS_FOLDER
+
+    @property
+    def last(self) -> Path:
+        return self.folder / LAST
+
+    @property
+    def best(self) -> Path:
+        return self.folder / BEST
+
+    def prepare(self) -> None:
+        """Make the folder and remove the temporary files a crash in the middle of an atomic write left."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.folder.glob(".*.tmp"):
+            stale.unlink()
+
+    def save_last(self, epoch: int, config: Mapping[str, Any], parts: Mapping[str, Any], history: Any) -> None:
+        """Write ``last.pt``: everything :meth:`restore` needs to go on after ``epoch``."""
+        scheduler = parts["scheduler"]
+        state = {
+            "epoch": epoch,
+            "config": config,
+            "model": parts["model"].state_dict(),
+            "optimizers": {name: optimizer.state_dict() for name, optimizer in parts["optimizers"].items()},
+            "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "loss": parts["loss"].state_dict(),
+            "rng": get_rng_state(),
+            "history": history,
+        }
+        self._save(state, self.last)
+
+    def save_best(
+        self, epoch: int, config: Mapping[str, Any], model: torch.nn.Module, val: Mapping[str, float]
+    ) -> None:
+        """Write ``best.pt``: the model of ``epoch`` and its validation metrics ``val``."""
+        self._save({"epoch": epoch, "config": config, "model": model.state_dict(), "val": dict(val)}, self.best)
+
+    def _save(self, state: Mapping[str, Any], path: Path) -> None:
+        with disk_full_is_one_line(path, f"{path.name} keeps its previous checkpoint, intact"):
+            save_checkpoint(state, path)
+
+    def read_last(self) -> dict[str, Any] | None:
+        """``last.pt``, checked to hold every entry a resumed run needs (None when there is no ``last.pt``)."""
+        if not self.last.exists():
+            return None
+        state = load_checkpoint(self.last)
+        missing = [entry for entry in LAST_ENTRIES if entry not in state]
+        if not missing and not (isinstance(state["rng"], Mapping) and all(k in state["rng"] for k in _RNG_ENTRIES)):
+            missing = ["rng (the generator states " + ", ".join(_RNG_ENTRIES) + ")"]
+        if not missing and not isinstance(state["optimizers"], Mapping):
+            missing = ["optimizers (a table of optimiser states by name)"]
+        if missing:
+            raise ConfigError(
+                f"{self.last} cannot be resumed: it has no {', '.join(missing)} entry (a checkpoint of another "
+                "shape); continue in another --output-dir, or set model.init_checkpoint to start from its weights"
+            )
+        return state
+
+    def read_best(self) -> dict[str, Any]:
+        return load_checkpoint(self.best)
+
+    def restore(self, state: Mapping[str, Any], parts: Mapping[str, Any]) -> Any:
+        """Load :meth:`read_last`'s model, optimiser, scheduler, loss and generator states into ``parts``;
+        return the run's history."""
+        saved = state["optimizers"]
+        unknown = sorted(set(parts["optimizers"]) - set(saved))
+        if unknown:
+            raise ConfigError(f"{self.last} cannot be resumed: it holds no state of the optimiser {unknown[0]!r}")
+        try:
+            parts["model"].load_state_dict(state["model"])
+            for name, optimizer in parts["optimizers"].items():
+                optimizer.load_state_dict(saved[name])
+            if parts["scheduler"] is not None:
+                parts["scheduler"].load_state_dict(state["lr_scheduler"])
+            parts["loss"].load_state_dict(state["loss"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as error:
+            # The config was checked equal, so a state that does not fit means a file edited or made elsewhere.
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ConfigError(f"{self.last} does not fit this run's model, optimiser or loss: {message}") from None
+        set_rng_state(state["rng"])
+        return state["history"]
+
+
+@contextlib.contextmanager
+def disk_full_is_one_line(path: Path, kept: str) -> Iterator[None]:
+    """A full disk while the block writes ``path`` (atomically) becomes a one-line ConfigError that says so, what
+    was kept (``kept``) and to continue with ``--resume``, instead of torch's chained traceback (D01, D03)."""
+    try:
+        yield
+    except DiskFullError:
+        raise ConfigError(
+            f"the disk is full: {path} could not be written ({kept}); free some space and continue with --resume"
+        ) from None
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: str | Path) -> Iterator[None]:
+    """Hold ``output_dir``'s lock while the block runs: a second live process that wants the folder is refused at
+    once (one line that names the folder and the holder's PID). The kernel releases the lock when the holder
+    dies, so a killed run leaves no stale lock. Re-entrant within one process (the benchmark runner holds a run's
+    folder around :func:`~pml_recallk.experiments.train.run_experiment`, which takes it again). Under torchrun
+    only rank 0 should take it.
+    """
+    try:
+        with folder_lock(Path(output_dir), LOCK_FILE):
+            yield
+    except FolderLockedError as error:
+        raise ConfigError(f"{error}; wait for it to finish or choose another --output-dir") from None
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> None:
@@ -63,7 +195,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by ``pml-recallk train`` (a run folder means its ``checkpoints/best.pt``)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoints" / "best.pt"
+        path = RunCheckpoints(path).best
     state = _read_torch_file(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{str(path)!r} is not a pml-recallk checkpoint (no format {CHECKPOINT_FORMAT!r})")
@@ -79,7 +211,7 @@ def load_init_weights(model: torch.nn.Module, path: str | Path) -> dict[str, Any
     """
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoints" / "best.pt"
+        path = RunCheckpoints(path).best
     state = _read_torch_file(path, "model.init_checkpoint")
     if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
         weights, recipe, epoch = state["model"], state.get("config"), state.get("epoch")

@@ -12,13 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file backend
 import numpy as np  # noqa: E402
 
+from .metrics import metric_title, sorted_by_k  # noqa: E402
+
 __all__ = ["plot_history", "recall_axis_limits", "sorted_by_k"]
-
-
-def sorted_by_k(metrics: Mapping[str, float]) -> list[tuple[str, float]]:
-    """``recall_at_<k>`` items in increasing k (other metrics left out)."""
-    recall = [(name, value) for name, value in metrics.items() if name.startswith("recall_at_")]
-    return sorted(recall, key=lambda item: int(item[0].rsplit("_", 1)[-1]))
 
 
 def recall_axis_limits(values: list[float], margin: float = 0.02) -> tuple[float, float]:
@@ -48,7 +44,7 @@ def plot_history(history: Mapping[str, Any], output_dir: str | Path) -> None:
     for name, _ in sorted_by_k(history["untrained_val"]):
         values = [r[name] for r in rows]
         plotted += values
-        ax.plot([r["epoch"] for r in rows], values, marker="o", label=f"R@{name.rsplit('_', 1)[-1]}")
+        ax.plot([r["epoch"] for r in rows], values, marker="o", label=metric_title(name))
     if history["best_epoch"] is not None:
         ax.axvline(history["best_epoch"], color="grey", ls="--", lw=1, label="best epoch")
     ax.set(xlabel="epoch (0 = untrained)", ylabel="Recall@k", title="Validation Recall@k")

@@ -12,14 +12,16 @@
    ``HookContainer`` (record-keeper CSV/SQLite under ``<output>/logs``, tensorboard under
    ``<output>/tensorboard``), which picks the best epoch by validation ``eval.select_by`` (``recall_at_1`` by
    default): the test set is never used to choose anything;
-4. write ``<output>/checkpoints/last.pt`` atomically after every epoch, and ``best.pt`` when validation improves;
+4. write ``<output>/checkpoints/last.pt`` atomically after every epoch, and ``best.pt`` when validation improves
+   (:class:`.checkpoints.RunCheckpoints` says what each holds);
 5. evaluate the best model on the test split(s), write ``results.json`` (with the validation curve per epoch and
    the loss curve per iteration), ``loss_curve.png`` and ``recall_curves.png``.
 
-Resuming (``resume=True``) continues from ``last.pt``. Every epoch starts by re-seeding Python, NumPy and torch
-from ``(train.seed, epoch)`` and building a new sampler, so an epoch does not depend on what ran before it in the
-same process: a resumed run ends with the same weights and numbers as an uninterrupted one (on CPU, where the
-kernels are deterministic, with the same number of threads).
+The output folder is locked for the whole run (:func:`.checkpoints.output_dir_lock`): a second live process that
+wants it is refused at once. Resuming (``resume=True``) continues from ``last.pt``. Every epoch starts by
+re-seeding Python, NumPy and torch from ``(train.seed, epoch)`` and building a new sampler, so an epoch does not
+depend on what ran before it in the same process: a resumed run ends with the same weights and numbers as an
+uninterrupted one (on CPU, where the kernels are deterministic, with the same number of threads).
 
 Example:
     >>> from pml_recallk.experiments import resolve_config
@@ -36,29 +38,25 @@ import copy
 import os
 import sys
 import time
-import types
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import tqdm
-from pytorch_metric_learning.trainers import base_trainer
 from pytorch_metric_learning.utils import logging_presets
 from torch.utils.data import Dataset
 
 from .._io import write_json_atomic
 from ..trainers.collapse import validation_collapse
 from . import builders
-from .checkpoints import get_rng_state, load_checkpoint, load_init_weights, save_checkpoint, set_rng_state
+from .checkpoints import RunCheckpoints, disk_full_is_one_line, load_checkpoint, load_init_weights, output_dir_lock
 from .config import RESUMABLE_KEYS, ConfigError, config_differences, dumps_toml, upgrade_config
-from .plots import plot_history, sorted_by_k
+from .metrics import PRIMARY_METRIC, metric_title, sorted_by_k
+from .plots import plot_history
 from .registry import LOSSES
 
 __all__ = ["check_output_dir", "embed_and_evaluate", "evaluate_checkpoint", "evaluate_initial_model", "run_experiment"]
-
-PRIMARY_METRIC = "recall_at_1"
 
 Log = Callable[[str], None]
 
@@ -132,16 +130,16 @@ def check_output_dir(output_dir: str | Path) -> None:
 def _resumable_state(output_dir: Path, resume: bool, config: Mapping[str, Any]) -> dict[str, Any] | None:
     """The checkpoint to resume from (None for a fresh run); refuse to overwrite a run, resume a different one,
     or resume with fewer epochs than the run has trained."""
-    last = output_dir / "checkpoints" / "last.pt"
+    checkpoints = RunCheckpoints(output_dir)
     if not resume:
-        if last.exists():
+        if checkpoints.last.exists():
             raise ConfigError(
                 f"{output_dir} already holds a run; pass --resume to continue it or choose another --output-dir"
             )
         return None
-    if not last.exists():
+    state = checkpoints.read_last()
+    if state is None:
         return None
-    state = load_checkpoint(last)
     differences = config_differences(upgrade_config(state["config"]), config, ignore=RESUMABLE_KEYS)
     if differences:
         raise ConfigError(f"cannot resume {output_dir} with a different config: {'; '.join(differences)}")
@@ -153,11 +151,9 @@ def _resumable_state(output_dir: Path, resume: bool, config: Mapping[str, Any]) 
     return state
 
 
-def _make_output_dir(output_dir: Path, config: Mapping[str, Any]) -> Path:
-    checkpoints = output_dir / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    for stale in checkpoints.glob(".*.tmp"):  # left by a crash in the middle of an atomic write
-        stale.unlink()
+def _make_output_dir(output_dir: Path, config: Mapping[str, Any]) -> RunCheckpoints:
+    checkpoints = RunCheckpoints(output_dir)
+    checkpoints.prepare()
     (output_dir / "config.toml").write_text(dumps_toml(config, comments=True))
     return checkpoints
 
@@ -180,62 +176,9 @@ def _new_history(init: dict[str, Any] | None) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _restore(state: Mapping[str, Any], parts: Mapping[str, Any]) -> dict[str, Any]:
-    """Load ``last.pt``'s model, optimiser, scheduler, loss and generator states; return its history."""
-    parts["model"].load_state_dict(state["model"])
-    saved = state.get("optimizers") or {"trunk_optimizer": state["optimizer"]}  # one optimiser before 0.2
-    for name, optimizer in parts["optimizers"].items():
-        optimizer.load_state_dict(saved[name])
-    if parts["scheduler"] is not None:
-        parts["scheduler"].load_state_dict(state["lr_scheduler"])
-    parts["loss"].load_state_dict(state["loss"])
-    set_rng_state(state["rng"])
-    return state["history"]
-
-
-def _last_state(epoch: int, config, parts, history) -> dict[str, Any]:
-    return {
-        "epoch": epoch,
-        "config": config,
-        "model": parts["model"].state_dict(),
-        "optimizers": {name: optimizer.state_dict() for name, optimizer in parts["optimizers"].items()},
-        "lr_scheduler": parts["scheduler"].state_dict() if parts["scheduler"] is not None else None,
-        "loss": parts["loss"].state_dict(),
-        "rng": get_rng_state(),
-        "history": history,
-    }
-
-
-class _EpochBar(tqdm.tqdm):
-    """PML's per-epoch progress bar with ``epoch e/E`` in front of the text PML writes into it."""
-
-    label = ""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, desc=self.label, **kwargs)
-
-    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
-        super().set_description(f"{self.label} {desc or ''}".strip(), refresh)
-
-
-@contextlib.contextmanager
-def _epoch_counter(epoch: int, epochs: int) -> Iterator[None]:
-    """While PML's trainer runs epoch ``epoch``, its progress bar reads ``epoch e/E total_loss=…``.
-
-    PML builds the bar inside ``BaseTrainer.train`` with ``tqdm.tqdm``; the module it looks that up in is swapped
-    for this block only.
-    """
-    bar = type("_Bar", (_EpochBar,), {"label": f"epoch {epoch}/{epochs}"})
-    saved = base_trainer.tqdm
-    base_trainer.tqdm = types.SimpleNamespace(tqdm=bar)
-    try:
-        yield
-    finally:
-        base_trainer.tqdm = saved
-
-
-def _epoch_hook(run: Mapping[str, Any], history: dict[str, Any], log: Log, stop_after_epoch: int | None):
-    """The end-of-epoch hook: validate (through HookContainer), save best.pt and last.pt, time it all."""
+def _epoch_hook(run: Mapping[str, Any], history: dict[str, Any], log: Log, on_checkpoint: Callable[[int], None]):
+    """The end-of-epoch hook: validate (through HookContainer), save best.pt and last.pt, time it all; then call
+    ``on_checkpoint(epoch)``."""
     config, parts, hooks, tester = run["config"], run["parts"], run["hooks"], run["tester"]
     train_cfg, eval_cfg = config["train"], config["eval"]
 
@@ -250,15 +193,13 @@ def _epoch_hook(run: Mapping[str, Any], history: dict[str, Any], log: Log, stop_
             _check_collapse(history, epoch, log)
             if best_epoch == epoch:
                 history["best_epoch"] = epoch
-                best = {"epoch": epoch, "config": config, "model": parts["model"].state_dict(), "val": metrics}
-                save_checkpoint(best, run["checkpoints"] / "best.pt")
+                run["checkpoints"].save_best(epoch, config, parts["model"], metrics)
         history["stopped_early"] = not keep_going
         history["epochs_run"] = epoch
         history["seconds"] = run["elapsed_before"] + time.perf_counter() - run["started"]
         history["train_seconds"] += tic - run["epoch_started"]  # the steps of this epoch, validation excluded
-        save_checkpoint(_last_state(epoch, config, parts, history), run["checkpoints"] / "last.pt")
-        if stop_after_epoch == epoch:
-            os._exit(3)
+        run["checkpoints"].save_last(epoch, config, parts, history)
+        on_checkpoint(epoch)
         return keep_going
 
     return on_epoch
@@ -335,15 +276,16 @@ def _train_epochs(run: dict[str, Any], history: dict[str, Any], start_epoch: int
         if epoch <= warmup_epochs:
             log(f"epoch {epoch}/{epochs}: warm-up, only the embedding layer and the loss's parameters train")
             warmup = _backbone_frozen(trainer, parts["model"])
-        with _epoch_counter(epoch, epochs), warmup:
+        log(f"epoch {epoch}/{epochs}: training, {run['iterations']} iterations")  # PML's bar shows the loss
+        with warmup:
             trainer.train(start_epoch=epoch, num_epochs=epoch)
 
 
 def _format_metrics(metrics: Mapping[str, float]) -> str:
-    return ", ".join(f"R@{name.rsplit('_', 1)[-1]} {value:.4f}" for name, value in sorted_by_k(metrics))
+    return ", ".join(f"{metric_title(name)} {value:.4f}" for name, value in sorted_by_k(metrics))
 
 
-def _hooks(config: Mapping[str, Any], output_dir: Path, device, val_set: Dataset, checkpoints: Path):
+def _hooks(config: Mapping[str, Any], output_dir: Path, device, val_set: Dataset, checkpoints: RunCheckpoints):
     """PML's record-keeper and HookContainer, which records validation and picks the best epoch (the first with the
     highest validation ``eval.select_by``)."""
     record_keeper, _, tensorboard_writer = logging_presets.get_record_keeper(
@@ -361,7 +303,7 @@ def _hooks(config: Mapping[str, Any], output_dir: Path, device, val_set: Dataset
     )
     tester = builders.build_tester(config, device, end_of_testing_hook=hooks.end_of_testing_hook)
     patience = config["eval"]["patience"] or None
-    validate = hooks.end_of_epoch_hook(tester, {"val": val_set}, str(checkpoints), patience=patience)
+    validate = hooks.end_of_epoch_hook(tester, {"val": val_set}, str(checkpoints.folder), patience=patience)
     return record_keeper, tensorboard_writer, hooks, tester, validate
 
 
@@ -394,7 +336,7 @@ def _start(run: dict[str, Any], state: Mapping[str, Any] | None, log: Log, outpu
     """``(history, first epoch)``: a fresh run evaluates the untrained model; a resumed one restores last.pt."""
     if state is not None:
         log(f"resuming {output_dir} after epoch {state['epoch']}")
-        return _restore(state, run["parts"]), state["epoch"] + 1
+        return run["checkpoints"].restore(state, run["parts"]), state["epoch"] + 1
     history = _new_history(run["init"])
     log("evaluating the untrained model ...")
     datasets = run["datasets"]
@@ -410,8 +352,8 @@ def run_experiment(
     output_dir: str | Path,
     resume: bool = False,
     log: Log = _log_to_stderr,
-    stop_after_epoch: int | None = None,
     datasets: Mapping[str, Dataset] | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate as described in the module docstring; return what ``results.json`` holds.
 
@@ -422,9 +364,9 @@ def run_experiment(
             none). Only :data:`~pml_recallk.experiments.config.RESUMABLE_KEYS` may differ from the saved config,
             and ``train.epochs`` may not be below the epochs already run.
         log: receives one-line progress messages.
-        stop_after_epoch: simulate a crash: end the process with ``os._exit(3)`` right after the checkpoint of
-            this epoch is written (for tests of ``resume``).
         datasets: ``{"train", "val", <test splits>}`` to use instead of :func:`.builders.build_datasets`.
+        on_checkpoint: called with the epoch right after each epoch's ``last.pt`` is written (e.g. a test that
+            interrupts the run there by raising).
 
     Returns:
         ``{"untrained", "trained", "best_epoch", "best_val", "epochs_run", "stopped_early", "seconds",
@@ -439,6 +381,12 @@ def run_experiment(
     started = time.perf_counter()
     output_dir = Path(output_dir)
     check_output_dir(output_dir)
+    with output_dir_lock(output_dir):  # before the folder is read: another live run may be writing it
+        return _run_locked(config, output_dir, resume, log, datasets, on_checkpoint or (lambda epoch: None), started)
+
+
+def _run_locked(config, output_dir: Path, resume: bool, log: Log, datasets, on_checkpoint, started: float) -> dict:
+    """:func:`run_experiment` once the output folder is locked."""
     state = _resumable_state(output_dir, resume, config)
     config = copy.deepcopy({table: dict(values) for table, values in config.items()})
     run = _prepare(config, output_dir, datasets, builders.device_of(config), log)
@@ -450,7 +398,7 @@ def run_experiment(
     )
     history, start_epoch = _start(run, state, log, output_dir)
     run.update(started=started, elapsed_before=history["seconds"])
-    _train_epochs(run, history, start_epoch, _epoch_hook(run, history, log, stop_after_epoch), log)
+    _train_epochs(run, history, start_epoch, _epoch_hook(run, history, log, on_checkpoint), log)
     record_keeper.save_records()
     if writer is not None:
         writer.close()
@@ -460,7 +408,7 @@ def run_experiment(
 def _finish(run: dict[str, Any], history: dict[str, Any], output_dir: Path, log: Log, started: float) -> dict:
     """Evaluate the best model on the test split(s); write results.json and the plots."""
     config, model, test_names = run["config"], run["parts"]["model"], run["test_names"]
-    best = load_checkpoint(run["checkpoints"] / "best.pt")
+    best = run["checkpoints"].read_best()
     model.load_state_dict(best["model"])
     log(f"evaluating the best model (epoch {best['epoch']}) on {', '.join(test_names)} ...")
     trained = embed_and_evaluate(config, model, {n: run["datasets"][n] for n in test_names}, epoch=best["epoch"])
@@ -489,7 +437,8 @@ def _finish(run: dict[str, Any], history: dict[str, Any], output_dir: Path, log:
         "config": config,
     }
     # Atomic: a runner that finds results.json takes the run as finished.
-    write_json_atomic(results, output_dir / "results.json")
+    with disk_full_is_one_line(output_dir / "results.json", "the checkpoints are intact; --resume writes it"):
+        write_json_atomic(results, output_dir / "results.json")
     plot_history(history, output_dir)
     return results
 

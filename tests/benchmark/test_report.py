@@ -9,6 +9,7 @@ import pytest
 
 from pml_recallk import benchmark
 from pml_recallk.benchmark import Arm, Sweep
+from pml_recallk.experiments.config import ConfigError
 
 
 def fake_result(arm: str, seed: int, r1: float, map_r: float, seconds: float, batch: int = 16, loss: str = "") -> dict:
@@ -77,18 +78,44 @@ def test_rows_group_arms_of_one_loss_for_the_batch_plot(config):
     ]  # fmt: skip
 
 
-def test_the_first_runners_results_are_read_as_arms(tmp_path):
+def _written(tmp_path, text: str):
+    run = tmp_path / "runs" / "rsk" / "seed_0"
+    run.mkdir(parents=True)
+    (run / "result.json").write_text(text)
+    return run / "result.json"
+
+
+def test_a_result_reads_back_as_written(tmp_path):
     import json
 
-    run = tmp_path / "runs" / "rsk_simix" / "seed_0"
+    result = {"format": benchmark.RESULT_FORMAT, **fake_result("rsk", 0, 0.5, 0.2, 1.0)}
+    path = _written(tmp_path, json.dumps(result))
+    assert benchmark.read_result(path) == result
+    assert benchmark.load_results(tmp_path) == [result]
+
+
+@pytest.mark.parametrize(
+    ("case", "text", "message"),
+    [
+        ("B22 truncated", '{"format": "pml-recallk-benchmark-v2", "spec": {"arm": "rsk",', "is damaged"),
+        ("B23 empty", "", "is empty"),
+        ("B25 another shape", '{"format": 1}', "is not a result of this benchmark (format 1"),
+        ("a list", "[1, 2]", "is not a result of this benchmark (format 'list'"),
+        ("no test metrics", '{"format": "pml-recallk-benchmark-v2", "spec": {}}', "(no test, best_epoch"),
+        ("not UTF-8", "\udcff", "not UTF-8"),
+    ],
+)
+def test_a_damaged_or_foreign_result_is_one_line_naming_the_file(tmp_path, case, text, message):
+    run = tmp_path / "runs" / "rsk" / "seed_0"
     run.mkdir(parents=True)
-    old = fake_result("x", 0, 0.5, 0.2, 1.0)
-    old["spec"] = {"loss": "rsk_simix", "seed": 0, "batch_size": 64, "steps": 8, "images_seen": 512, "data": {}}
-    (run / "result.json").write_text(json.dumps(old))
-    (result,) = benchmark.load_results(tmp_path)
-    assert (result["spec"]["arm"], result["spec"]["loss"]) == ("rsk_simix", "rsk")
-    (row,) = benchmark.summarize([result])
-    assert row["family"] == "rsk + SiMix"
+    path = run / "result.json"
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    for read in (lambda: benchmark.read_result(path), lambda: benchmark.load_results(tmp_path)):
+        with pytest.raises(ConfigError) as error:
+            read()
+        line = str(error.value)
+        assert line.startswith(str(path)) and message in line and "delete it to rerun" in line, case
+        assert "\n" not in line and len(line) < 300, line
 
 
 def test_a_loss_family_is_the_loss_with_what_changes_its_kind():

@@ -266,3 +266,58 @@ def test_a_run_finished_before_a_config_key_was_added_is_still_finished(config, 
     changed = make_sweep(config, arms=[Arm("triplet", "triplet", {"train": {"warmup_epochs": 1}})])
     with pytest.raises(ConfigError, match=r"other settings.*config\.train\.warmup_epochs: 0 != 1"):
         benchmark.run_sweep(changed, tmp_path, datasets=datasets, log=quiet, command="cmd")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "foreign"])
+def test_a_sweep_rerun_over_a_damaged_result_is_one_line_and_leaves_it(config, datasets, tmp_path, damage):
+    """B22, B23, B25: a rerun used to end in a JSONDecodeError naming no file, or a line with a whole spec in it."""
+    sweep = make_sweep(config, arms=[])
+    benchmark.run_sweep(sweep, tmp_path, datasets=datasets, log=quiet, command="cmd")
+    path = tmp_path / "runs" / UNTRAINED / "seed_0" / "result.json"
+    text = {"truncate": path.read_text()[:300], "empty": "", "foreign": '{"format": 1}'}[damage]
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"^{path}") as error:
+        benchmark.run_sweep(sweep, tmp_path, datasets=datasets, log=quiet, command="cmd")
+    assert "\n" not in str(error.value) and "{" not in str(error.value)
+    assert path.read_text() == text
+
+
+def test_a_difference_in_settings_is_shown_short(config, datasets, tmp_path):
+    benchmark.run_sweep(make_sweep(config), tmp_path, datasets=datasets, log=quiet, command="cmd")
+    path = tmp_path / "runs" / "triplet" / "seed_0" / "result.json"
+    result = json.loads(path.read_text())
+    result["spec"]["data"] = {"train": "a table of another shape " * 10}
+    path.write_text(json.dumps(result))
+    with pytest.raises(ConfigError, match="other settings") as error:
+        benchmark.run_sweep(make_sweep(config), tmp_path, datasets=datasets, log=quiet, command="cmd")
+    assert len(str(error.value)) < 400, str(error.value)
+
+
+def test_a_sweep_folder_in_use_by_another_process_is_refused(config, datasets, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    hold = "import sys, time\nfrom pml_recallk.experiments.checkpoints import output_dir_lock as lock\n"
+    hold += "with lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=f"in use by another process \\(PID {holder.pid}\\)"):
+            benchmark.run_sweep(make_sweep(config), tmp_path, datasets=datasets, log=quiet, command="cmd")
+        assert not (tmp_path / "runs").exists()
+        (tmp_path / "runs" / "rsk" / "seed_0").mkdir(parents=True)  # a finished run, so that a report is due
+        result = {
+            "format": benchmark.RESULT_FORMAT,
+            "spec": {"arm": "triplet", "seed": 0, "loss": "triplet", "data": {}},
+        }
+        result |= {"test": {"recall_at_1": 0.5}, "best_epoch": 1, "train_seconds": 1.0, "seconds": 1.0}
+        (tmp_path / "runs" / "rsk" / "seed_0" / "result.json").write_text(json.dumps(result))
+        sweep_file = tmp_path / "sweep.toml"
+        sweep_file.write_text("[arms.triplet]\nloss = 'triplet'\n")
+        argv = ["--sweep", str(sweep_file), "--output-dir", str(tmp_path), "--report-only"]
+        assert benchmark.main(argv) == 2
+        assert f"in use by another process (PID {holder.pid})" in capsys.readouterr().err
+        assert not (tmp_path / "results.md").exists()
+    finally:
+        holder.kill()
+        holder.wait()

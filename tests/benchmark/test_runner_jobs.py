@@ -178,3 +178,51 @@ def test_jobs_that_is_not_an_integer_is_exit_2(jobs, capsys):
 def test_run_sweep_refuses_jobs_below_one(config, datasets, tmp_path):
     with pytest.raises(ValueError, match="jobs must be at least 1, got 0"):
         benchmark.run_sweep(Sweep(config=config, arms=TWO_ARMS), tmp_path, datasets=datasets, log=quiet, jobs=0)
+
+
+_PARENT = """
+import os, sys, time
+from pml_recallk.benchmark.runner import worker_pool
+pool = worker_pool(2)
+pids = set()
+while len(pids) < 2:  # one task each: a worker that is busy sleeping cannot take the other's
+    pids |= {f.result() for f in [pool.submit(os.getpid) for _ in range(8)]}
+for _ in range(2):
+    pool.submit(time.sleep, 120)
+print(*sorted(pids), flush=True)
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie that no init reaps in a container counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_workers_exit_when_the_parent_is_killed():
+    """B27: a parent killed by SIGKILL (the OOM killer) left its workers running, then idle, for good."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [pid for pid in pids if _alive(pid)]
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, "the workers outlived their parent"
+    finally:
+        parent.kill()
+        parent.wait()

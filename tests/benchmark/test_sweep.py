@@ -146,22 +146,6 @@ def test_report_only_rewrites_the_table_from_finished_runs(config, datasets, tmp
     assert "| triplet | triplet | 16 |" in (tmp_path / "out" / "results.md").read_text()
 
 
-def test_the_first_runners_configuration_names_still_work_as_arms(config):
-    with pytest.warns(DeprecationWarning, match="now an arm"):
-        sweep = Sweep(config=config, losses=["rsk", "rsk_large", "rsk_simix"], batch_size=16, chunk_size=8, seeds=[0])
-    large, simix = sweep.arm_config(sweep.arm("rsk_large"), 0), sweep.arm_config(sweep.arm("rsk_simix"), 0)
-    assert (large["loss"]["name"], large["data"]["batch_size"], large["train"]["chunk_size"]) == ("rsk", 0, 8)
-    assert (simix["loss"]["name"], simix["data"]["batch_size"], simix["mixup"]["enabled"]) == ("rsk", 16, True)
-    assert sweep.arm_config(sweep.arm("rsk"), 0)["mixup"]["enabled"] is False
-
-
-def test_run_one_still_works_with_a_deprecation_warning(config, datasets, tmp_path):
-    sweep = Sweep(config=config, arms=[Arm("fastap", "fastap")], seeds=[0])
-    with pytest.warns(DeprecationWarning, match="run_one is deprecated"):
-        result = benchmark.run_one(sweep, "fastap", 0, datasets, tmp_path, log=quiet)
-    assert result["spec"]["arm"] == "fastap" and (tmp_path / "result.json").is_file()
-
-
 def test_a_subset_of_arms_keeps_the_arm_its_equal_steps_arm_refers_to():
     from pml_recallk.benchmark import runner
 
@@ -210,3 +194,22 @@ def test_a_bad_base_config_is_a_clear_error(value, message, tmp_path, monkeypatc
     path.write_text(f'[sweep]\nbase_config = {value}\n[arms.a]\nloss = "rsk"\n')
     with pytest.raises(ConfigError, match=message):
         benchmark.load_sweep(path)
+
+
+def test_a_sweep_file_written_by_the_report_reads_back_also_with_a_loss_table(config, tmp_path):
+    from pml_recallk.benchmark.sweep import sweep_toml
+
+    arms = [Arm("warm", "rsk", {"loss": {"rank_temperature": 0.05}}), Arm("ms", "multi_similarity")]
+    sweep = Sweep(config=config, arms=arms, seeds=[0, 2])
+    path = tmp_path / "sweep.toml"
+    path.write_text(sweep_toml(sweep))
+    read, _ = benchmark.load_sweep(path)
+    assert [(arm.name, arm.loss, arm.overrides) for arm in read.arms] == [
+        ("warm", "rsk", {"loss": {"name": "rsk", "rank_temperature": 0.05}}),
+        ("ms", "multi_similarity", {}),
+    ]
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("benchmarks/results/*/sweep.toml")), ids=lambda p: p.parent.name)
+def test_every_committed_sweep_file_reads_back(path):
+    benchmark.load_sweep(path)

@@ -1,28 +1,23 @@
-"""benchmarks/validation_table.py: the validation side of a sweep, from the runs' result.json files."""
+"""report.validation_rows (printed by benchmarks/validation_table.py): the validation side of a sweep, from the
+runs' result.json files."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("validation_table", ROOT / "benchmarks" / "validation_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from pml_recallk.benchmark.report import RESULT_FORMAT, validation_rows
 
 
 def _write(folder: Path, arm: str, seed: int, best_epoch: int, curve: list[tuple[float, float]]) -> None:
     run = folder / "runs" / arm / f"seed_{seed}"
     run.mkdir(parents=True)
     points = [{"epoch": e, "recall_at_1": r, "mean_average_precision_at_r": m} for e, (r, m) in enumerate(curve)]
-    result = {"spec": {"steps": 10}, "best_epoch": best_epoch, "val_curve": points}
+    spec = {"arm": arm, "seed": seed, "loss": "rsk", "data": {}, "steps": 10}
+    result = {"format": RESULT_FORMAT, "spec": spec, "test": {}, "best_epoch": best_epoch, "val_curve": points}
+    result |= {"train_seconds": 1.0, "seconds": 2.0}
     (run / "result.json").write_text(json.dumps(result))
 
 
@@ -32,7 +27,7 @@ def test_rows_use_the_epoch_each_run_chose_and_sort_by_its_map_at_r(tmp_path):
     _write(tmp_path, "a", 1, 1, [(0.1, 0.05), (0.9, 0.60), (0.8, 0.40)])
     _write(tmp_path, "b", 0, 1, [(0.1, 0.05), (0.95, 0.80), (0.7, 0.30)])
     _write(tmp_path, "floor", 0, 0, [(0.1, 0.05)])  # nothing trained: left out
-    rows = _module().validation_rows(tmp_path)
+    rows = validation_rows(tmp_path)
     assert [row["arm"] for row in rows] == ["b", "a"]
     a = rows[1]
     assert a["best_epoch"] == [2, 1] and a["seeds"] == 2 and a["steps"] == 10
