@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import pml_recallk.experiments.config as experiments_config
 from pml_recallk import _io
 from pml_recallk.experiments import resolve_config
 from pml_recallk.experiments.checkpoints import (
@@ -178,7 +179,7 @@ def test_a_full_disk_in_a_training_run_exits_2_with_one_line(tiny_config, tmp_pa
 
     save = torch.save
     monkeypatch.setattr(torch, "save", fail_at_epoch_2)
-    monkeypatch.setattr(cli, "resolve_config", lambda *args, **kwargs: tiny_config)
+    monkeypatch.setattr(experiments_config, "resolve_config", lambda *args, **kwargs: tiny_config)
     assert cli.main(["train", "--output-dir", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert error[-1].startswith("pml-recallk: error: the disk is full: "), error
@@ -270,7 +271,7 @@ def test_two_training_runs_into_one_folder_the_second_is_refused_before_writing(
     """X10: the second run used to write into the first one's folder, and both ended with exit 0."""
     from pml_recallk import cli
 
-    monkeypatch.setattr(cli, "resolve_config", lambda *args, **kwargs: tiny_config)
+    monkeypatch.setattr(experiments_config, "resolve_config", lambda *args, **kwargs: tiny_config)
     holder = _holder(tmp_path)
     try:
         for resume in ([], ["--resume"]):
