@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 from . import benchmark, experiments  # lazy packages: torch's trainer stack loads when a command needs it
 from ._io import write_json_atomic
 from .experiments.config import DATASETS, ConfigError, dumps_toml, resolve_config
-from .experiments.registry import folder_dataset
+from .experiments.registry import dataset_class
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -35,7 +35,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", choices=DATASETS, help="data set (its paper recipe is the base config)")
-    parser.add_argument("--data-root", metavar="PATH", help="folder of the data set's standard layout")
+    parser.add_argument(
+        "--data-root",
+        metavar="PATH",
+        help="the data: a benchmark's folder, an image folder (image_folder), a CSV (csv)",
+    )
     parser.add_argument(
         "--config", metavar="FILE", help="TOML config file (the keys of pml-recallk config), e.g. a copy of its output"
     )
@@ -128,9 +132,9 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _check_data_root(config: Mapping[str, Any]) -> None:
-    root = config["data"]["root"]
-    if folder_dataset(config["data"]["dataset"]) and not Path(root).is_dir():
-        raise ConfigError(f"data root {root!r} of {config['data']['dataset']} is not a folder")
+    root, dataset = config["data"]["root"], config["data"]["dataset"]
+    if dataset_class(dataset).needs_root and not Path(root).exists():
+        raise ConfigError(f"data root {root!r} of {dataset} does not exist")
 
 
 def _default_output_dir(dataset: str) -> Path:
