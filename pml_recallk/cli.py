@@ -200,6 +200,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     if output is not None and output.is_dir():
         raise ConfigError(f"--output {str(output)!r} is a folder; name a file such as results.json")
     saved = experiments.load_checkpoint(args.checkpoint)["config"]
+    trained_on = saved.get("data", {}).get("dataset", "glyphs")
+    if args.dataset is not None and args.dataset != trained_on:
+        # A run is scored on the data it was trained on; its saved config names the data set and its root.
+        raise ConfigError(
+            f"{args.checkpoint} was trained on {trained_on}, not {args.dataset}: leave out --dataset (the run's data "
+            "set and root are used; --data-root may give the same data in another place)"
+        )
     config = resolve_config(args.dataset, args.config, _overrides(args), base=saved)
     _check_data_root(config)
     results = experiments.evaluate_checkpoint(args.checkpoint, config, splits=args.split)

@@ -323,7 +323,7 @@ def test_missing_config_file(tmp_path):
         (["mixup.alpha_range=[0.5, 2.0]"], "mixup.alpha_range must be [low, high]"),
         (["train.mixed_precision=float8"], "train.mixed_precision must be one of off, auto, float16, bfloat16"),
         (["data.max_classes=1"], "data.max_classes must be 0 (every class) or at least 2"),
-        (["loss.name=smoothap"], "unknown loss.name 'smoothap'"),
+        (["loss.name=smoothap"], "unknown loss 'smoothap'"),
         (["memory.enabled=true"], "memory.size must be set"),
         (["memory.size=-1"], "memory.size must be at least 0"),
         (["train.epochs=0"], "train.epochs must be at least 1"),

@@ -112,10 +112,12 @@ def data_channels(config: Mapping[str, Any]) -> int:
 
 
 def with_data_channels(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """A copy of ``config`` whose ``data.channels`` says the data's channels (0 resolved by :func:`data_channels`),
-    so that a run's saved config tells what its model was built for."""
+    """A copy of ``config`` whose ``data.channels`` says the data's channels when only the data can tell (a generic
+    set's 0 resolved by :func:`data_channels`), so that a run's saved config says what its model was built for.
+    A data set whose class fixes its channels (the glyphs: 1) keeps 0: the config already says it."""
     result = copy.deepcopy({table: dict(values) for table, values in config.items()})
-    result["data"]["channels"] = data_channels(config)
+    if not result["data"]["channels"] and not dataset_class(result["data"]["dataset"]).channels:
+        result["data"]["channels"] = data_channels(config)
     return result
 
 

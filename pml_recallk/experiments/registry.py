@@ -350,7 +350,7 @@ def loss_entry(name: str) -> LossEntry:
         close = difflib.get_close_matches(name, [*LOSSES, *classes], n=3, cutoff=0.6)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         raise ValueError(
-            f"unknown loss.name {name!r}{hint} (a preset: {', '.join(LOSSES)}; or a loss class of "
+            f"unknown loss {name!r}{hint} (loss.name: a preset, {', '.join(LOSSES)}; or a loss class of "
             f"pytorch_metric_learning.losses by its name)"
         )
     cls = classes[name]
@@ -367,7 +367,7 @@ def miner_entry(name: str) -> MinerEntry:
     if name not in classes:
         close = difflib.get_close_matches(name, list(classes), n=3, cutoff=0.6)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise ValueError(f"unknown miner.name {name!r}{hint} (a miner class of pytorch_metric_learning.miners)")
+        raise ValueError(f"unknown miner {name!r}{hint} (miner.name: a miner class of pytorch_metric_learning.miners)")
     arguments = {k: v for k, v in _keyword_arguments(classes[name]).items() if v is not inspect.Parameter.empty}
     return MinerEntry(classes[name], arguments)
 

@@ -92,7 +92,9 @@ def test_image_folder_with_train_test_and_val(tmp_path):
     assert ImageFolder.available_splits({"root": str(tmp_path / "d")}) == ("train", "test", "val")
     image, label = test[0]
     assert image.mode == "RGB" and label == 0
-    assert [p.relative_to(tmp_path / "d").as_posix() for p in test.image_paths] == [r[0] for r in rows if r[2] == "test"]
+    assert [p.relative_to(tmp_path / "d").as_posix() for p in test.image_paths] == [
+        r[0] for r in rows if r[2] == "test"
+    ]
 
 
 def test_flat_image_folder_is_split_by_a_seeded_rule(tmp_path):
@@ -149,7 +151,9 @@ def test_csv_reads_paths_relative_to_its_folder_with_string_labels(tmp_path):
     listing = write_csv(tmp_path / "d" / "listing.csv", rows)
     test = CsvImages(listing, "test")
     assert test.class_names == ["class_03", "class_04", "class_05"]
-    assert [p.relative_to(tmp_path / "d").as_posix() for p in test.image_paths] == [r[0] for r in rows if r[2] == "test"]
+    assert [p.relative_to(tmp_path / "d").as_posix() for p in test.image_paths] == [
+        r[0] for r in rows if r[2] == "test"
+    ]
     assert test.is_query is None
     assert CsvImages.available_splits({"root": str(listing)}) == ("train", "test")
 
@@ -193,7 +197,9 @@ def test_non_utf8_csv_names_the_file_and_line(tmp_path):
 
 def test_a_split_the_file_lacks_says_which_splits_it_has(tmp_path):
     listing = write_csv(tmp_path / "d" / "l.csv", make_tree(tmp_path / "d"))
-    with pytest.raises(ValueError, match=r"no row of .*l\.csv is in the 'val' split; its splits are \['train', 'test'\]"):
+    with pytest.raises(
+        ValueError, match=r"no row of .*l\.csv is in the 'val' split; its splits are \['train', 'test'\]"
+    ):
         CsvImages(listing, "val")
 
 
@@ -215,7 +221,9 @@ def test_classes_with_one_image_are_counted_and_kept_as_distractors(tmp_path):
     rows = make_tree(tmp_path / "d")
     rows.append(("lone.png", "lonely", "test"))
     Image.new("RGB", (8, 8)).save(tmp_path / "d" / "lone.png")
-    with pytest.warns(UserWarning, match="1 of the 4 classes of the 'test' split .* have one image; they are kept as gallery"):
+    with pytest.warns(
+        UserWarning, match="1 of the 4 classes of the 'test' split .* have one image; they are kept as gallery"
+    ):
         test = CsvImages(write_csv(tmp_path / "d" / "l.csv", rows), "test")
     assert "lonely" in test.class_names and len(test) == 16
     with warnings.catch_warnings():
