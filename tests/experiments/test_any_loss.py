@@ -92,8 +92,10 @@ def test_an_arc_face_run_trains_from_the_command(tmp_path, capsys, monkeypatch):
 def test_a_config_saved_by_the_last_release_upgrades_in_one_step():
     saved = default_config()
     saved["train"]["amp"] = saved["train"].pop("mixed_precision") == "auto"
-    saved["loss"] = {"name": "multi_similarity", "k_values": [1, 2, 4, 8, 16], "rank_temperature": 0.01,
-                     "k_temperature": 1.0, "k_margin": 0.0, "count_query_in_rank": False, "query_chunk_size": 0}  # fmt: skip
+    # The last release's [loss] held RS@k's keys whatever loss.name said.
+    rsk_keys = {"k_values": [1, 2, 4, 8, 16], "rank_temperature": 0.01, "k_temperature": 1.0, "k_margin": 0.0,
+                "count_query_in_rank": False, "query_chunk_size": 0}  # fmt: skip
+    saved["loss"] = {"name": "multi_similarity", **rsk_keys}
     saved["mixup"]["mode"] = "official"
     del saved["miner"], saved["data"]["channels"], saved["train"]["stop_on_nan"]
     with warnings.catch_warnings():
