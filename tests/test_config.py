@@ -413,3 +413,11 @@ def test_docs_list_every_config_key():
     text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
     missing = [f"{t}.{k}" for t, fields in SCHEMA.items() for k in fields if f"`{t}.{k}`" not in text]
     assert missing == [], "docs/cli.md does not describe these config keys"
+
+
+def test_training_on_a_test_split_needs_the_explicit_key():  # K41
+    for split in ("test", "val"):
+        with pytest.raises(ConfigError, match=f"data.train_split is '{split}', a split that is evaluated"):
+            resolve_config(overrides=[f"data.train_split={split}"])
+    config = resolve_config(overrides=["data.train_split=test", "data.train_on_test_split=true"])
+    assert config["data"]["train_split"] == "test"

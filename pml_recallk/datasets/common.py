@@ -211,7 +211,7 @@ class ImageListDataset(ConfigurableDataset, Dataset):
         bands of each image."""
         from .images import check_images
 
-        return check_images(self.image_paths, self.listing, type(self).__name__, progress=progress)
+        return check_images(self.image_paths, self.listing, type(self).__name__, progress, cache_key=self.root)
 
     def __len__(self) -> int:
         return len(self.image_paths)

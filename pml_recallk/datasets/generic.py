@@ -92,7 +92,8 @@ class _GenericImages(ImageListDataset):
     def data_channels(cls, data: Mapping[str, Any]) -> int:
         """1 when every image of the data set (every split) is single-band, else 3; decodes them (cached)."""
         listing, paths = cls._all_images(data)
-        return listing_channels(check_images(paths, listing, cls.__name__))
+        root = listing if listing.is_dir() else listing.parent  # the datasets' root: one cache file for all
+        return listing_channels(check_images(paths, listing, cls.__name__, cache_key=root))
 
     @classmethod
     def _all_images(cls, data: Mapping[str, Any]) -> tuple[Path, list[Path]]:

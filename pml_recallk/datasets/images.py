@@ -161,7 +161,11 @@ def _probe(path: Path) -> tuple[int | None, str | None]:
 
 
 def check_images(
-    paths: Sequence[str | os.PathLike], listing: str | os.PathLike, name: str, progress: bool = True
+    paths: Sequence[str | os.PathLike],
+    listing: str | os.PathLike,
+    name: str,
+    progress: bool = True,
+    cache_key: str | os.PathLike | None = None,
 ) -> list[int]:
     """Decode every image of ``paths`` once (threads, a progress bar, a cache); return the bands of each (1 or 3).
 
@@ -170,13 +174,15 @@ def check_images(
         listing: what lists them (a CSV file, a folder), named in errors and used as the cache's key.
         name: the data set's name, for messages.
         progress: show a tqdm progress bar for the files not in the cache.
+        cache_key: the folder whose cache file holds the results (default ``listing``): the splits of one data
+            root share one file, which keeps every file checked so far.
 
     Raises:
         FileNotFoundError: some images are missing (the message names up to three and the listing).
         ValueError: some images cannot be decoded (the message names up to three, why, and the listing).
     """
     paths = [Path(p) for p in paths]
-    cache_path = _cache_file(str(Path(listing).resolve()))
+    cache_path = _cache_file(str(Path(listing if cache_key is None else cache_key).resolve()))
     cached = _read_cache(cache_path)
     keys = [_stat_key(p) for p in paths]
     bands: list[int | None] = [None] * len(paths)
@@ -203,7 +209,7 @@ def check_images(
     if failures:
         _raise_bad_images(failures, len(paths), listing, name)
     if todo:
-        files = {str(p): [k, b] for p, k, b in zip(paths, keys, bands) if k is not None}
+        files = {**cached, **{str(p): [k, b] for p, k, b in zip(paths, keys, bands) if k is not None}}
         try:
             write_json_atomic({"version": _CACHE_VERSION, "listing": str(listing), "files": files}, cache_path)
         except OSError:

@@ -636,6 +636,11 @@ def _validate_data(data: Mapping[str, Any]) -> None:
     if not data["test_splits"] or len(set(data["test_splits"])) != len(data["test_splits"]):
         raise ConfigError(f"data.test_splits must be a non-empty list of distinct names, got {data['test_splits']}")
     train_split = data["train_split"]
+    if "train" in data["test_splits"]:
+        raise ConfigError(
+            f"data.test_splits {data['test_splits']} names the training part 'train': it is what the model is "
+            "trained on (through the training augmentation); report test splits, or 'val' for the held-out classes"
+        )
     if not data["train_on_test_split"] and (
         train_split in data["test_splits"] or train_split == "val" or train_split.startswith("test")
     ):

@@ -293,6 +293,19 @@ def test_the_check_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
     assert list((tmp_path / "cache" / "image-checks").glob("*.json"))
 
 
+def test_the_splits_and_the_channel_count_share_one_check(tmp_path, monkeypatch):
+    make_tree(tmp_path / "d")
+    opened = []
+    import pml_recallk.datasets.images as images
+
+    real = images.load_image
+    monkeypatch.setattr(images, "load_image", lambda p: opened.append(p) or real(p))
+    assert ImageFolder.data_channels({"root": str(tmp_path / "d")}) == 3  # decodes all 30 images
+    ImageFolder(tmp_path / "d", "train")
+    ImageFolder(tmp_path / "d", "test")
+    assert len(opened) == 30  # the splits' checks found every image in the cache
+
+
 # ------------------------------------------------------------------------- the paper loaders share the checks
 
 

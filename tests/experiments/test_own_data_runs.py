@@ -179,6 +179,7 @@ def test_paper_loader_images_are_decoded_before_the_run_folder(tmp_path, capsys)
     "extra, message",
     [
         (["--set", "data.train_split=test"], "data.train_split is 'test', a split that is evaluated"),  # K41
+        (["--set", 'data.test_splits=["test", "train"]'], "names the training part 'train'"),
         (["--set", "memory.enabled=true", "--set", "memory.size=4"], "memory.size (4) is smaller than"),  # K46
         (["--set", "model.name=vit_b16"], "model.name vit_b16 takes 224-pixel images but data.image_size is 16"),  # K49
         (["--set", "mixup.enabled=true", "--set", "loss.name=contrastive"], "mixup.enabled=true: SimilarityMixup"),
