@@ -147,6 +147,13 @@ class MinerEntry:
     cls: type
     arguments: Mapping[str, Any]
 
+    def accepted(self) -> dict[str, Any]:
+        """``{key: default}`` of every ``[miner]`` key this miner takes (besides ``name``)."""
+        return dict(self.arguments)
+
+    def kind(self, key: str) -> str:
+        return _kind_of(self.arguments.get(key))
+
     def build(self, table: Mapping[str, Any]) -> Any:
         return self.cls(**{k: _to_python(v) for k, v in table.items() if k != "name"})
 
