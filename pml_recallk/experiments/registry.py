@@ -81,16 +81,18 @@ class ModelEntry:
             ``embedding_size`` (as keyword arguments of the same name).
         input_size: the one image size the network takes (a ViT's patch grid), or None for any.
         channels: the one channel count it takes (3 for ImageNet backbones), or None: the data's.
+        train_arguments: ``[train]`` keys it also takes (the ResNet's ``freeze_batchnorm``).
     """
 
     arguments: tuple[str, ...]
     input_size: int | None = None
     channels: int | None = None
+    train_arguments: tuple[str, ...] = ()
 
 
 MODELS: dict[str, ModelEntry] = {
     "small_cnn": ModelEntry(("width", "norm")),
-    "resnet50": ModelEntry(("pretrained_path",), channels=3),
+    "resnet50": ModelEntry(("pretrained_path",), channels=3, train_arguments=("freeze_batchnorm",)),
     "vit_b16": ModelEntry(("pretrained_path",), input_size=224, channels=3),
     "vit_b32": ModelEntry(("pretrained_path",), input_size=224, channels=3),
 }
