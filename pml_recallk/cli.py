@@ -48,7 +48,11 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset", choices=list(DATASET_CLASSES), help="data set (its paper recipe is the base config)"
     )
-    parser.add_argument("--data-root", metavar="PATH", help="folder of the data set's standard layout")
+    parser.add_argument(
+        "--data-root",
+        metavar="PATH",
+        help="the data: a benchmark's folder, an image folder (image_folder), a CSV (csv)",
+    )
     parser.add_argument(
         "--config", metavar="FILE", help="TOML config file (the keys of pml-recallk config), e.g. a copy of its output"
     )
@@ -183,11 +187,11 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def _check_data_root(config: Mapping[str, Any]) -> None:
     from .experiments.config import ConfigError
-    from .experiments.registry import folder_dataset
+    from .experiments.registry import dataset_class
 
-    root = config["data"]["root"]
-    if folder_dataset(config["data"]["dataset"]) and not Path(root).is_dir():
-        raise ConfigError(f"data root {root!r} of {config['data']['dataset']} is not a folder")
+    root, dataset = config["data"]["root"], config["data"]["dataset"]
+    if dataset_class(dataset).needs_root and not Path(root).exists():
+        raise ConfigError(f"data root {root!r} of {dataset} does not exist")
 
 
 def _default_output_dir(dataset: str) -> Path:
@@ -251,10 +255,19 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from ._io import write_json_atomic
+    from .experiments.config import ConfigError
 
     output = Path(args.output) if args.output else None
     if output is not None:
         _check_output_file("--output", output, "results.json")
+    saved = experiments.load_checkpoint(args.checkpoint)["config"]
+    trained_on = saved.get("data", {}).get("dataset", "glyphs")
+    if args.dataset is not None and args.dataset != trained_on:
+        # A run is scored on the data it was trained on; its saved config names the data set and its root.
+        raise ConfigError(
+            f"{args.checkpoint} was trained on {trained_on}, not {args.dataset}: leave out --dataset (the run's data "
+            "set and root are used; --data-root may give the same data in another place)"
+        )
     config = _checkpoint_config(args)
     results = experiments.evaluate_checkpoint(args.checkpoint, config, splits=args.split)
     for split, metrics in results.items():

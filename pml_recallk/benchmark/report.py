@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from ..experiments.config import ConfigError  # noqa: E402
 from ..experiments.metrics import MAP_AT_R, PRIMARY_METRIC, metric_title, recall_k  # noqa: E402
-from ..experiments.registry import LOSSES  # noqa: E402
+from ..experiments.registry import loss_entry  # noqa: E402
 from .sweep import FLOORS, PRETRAINED, UNTRAINED, Sweep, arm_overrides_text, sweep_toml  # noqa: E402
 
 __all__ = ["RESULT_FORMAT", "load_results", "read_result", "summarize", "validation_rows", "write_report"]
@@ -262,7 +262,7 @@ def _settings(sweep: Sweep, rows: Sequence[Mapping[str, Any]]) -> list[str]:
             lines.append(f"- `{PRETRAINED}`: the network of `{path}`, not trained further (a floor).")
         elif name in sweep.names:
             arm = sweep.arm(name)
-            lines.append(f"- `{name}`: {LOSSES[arm.loss].settings}; {arm_overrides_text(arm)}.")
+            lines.append(f"- `{name}`: {loss_entry(arm.loss).settings}; {arm_overrides_text(arm)}.")
     return lines
 
 

@@ -39,7 +39,7 @@ from ..experiments import builders
 from ..experiments.checkpoints import LOCK_FILE, disk_full_is_one_line, output_dir_lock
 from ..experiments.config import DATASETS, RUNTIME_KEYS, ConfigError, upgrade_config
 from ..experiments.metrics import PRIMARY_METRIC
-from ..experiments.registry import LOSSES
+from ..experiments.registry import LOSSES, loss_entry
 from ..experiments.train import evaluate_initial_model, run_experiment
 from .report import RESULT_FORMAT, load_results, read_result, write_report
 from .sweep import FLOORS, Arm, Sweep, load_sweep
@@ -127,7 +127,7 @@ def _spec(
     batch, steps = _steps_per_epoch(config, datasets)
     epochs = config["train"]["epochs"]
     return {
-        **spec, "loss": config["loss"]["name"], "settings": LOSSES[config["loss"]["name"]].settings,
+        **spec, "loss": config["loss"]["name"], "settings": loss_entry(config["loss"]["name"]).settings,
         "batch_size": batch, "chunk_size": config["train"]["chunk_size"] or batch, "steps_per_epoch": steps,
         "steps": steps * epochs, "images_seen": steps * epochs * batch, "evaluate_only": False,
         "equal_steps": equal_steps,
