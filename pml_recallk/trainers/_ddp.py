@@ -64,9 +64,9 @@ def check_buffers_not_broadcast(ddp_modules: list[DistributedDataParallel]) -> N
         if module.broadcast_buffers and running_statistics(module):
             raise ValueError(
                 "train-mode BatchNorm under DistributedDataParallel(broadcast_buffers=True): DDP overwrites the "
-                "running statistics with rank 0's before every chunk; wrap the model with broadcast_buffers=False "
-                "(cached_backward then combines the ranks' running statistics exactly), freeze BatchNorm (eval mode) "
-                "or use SyncBatchNorm"
+                "running statistics with rank 0's before every chunk; wrap the model with forward_sync_buffers=False "
+                "(or broadcast_buffers=False; cached_backward then combines the ranks' running statistics exactly), "
+                "freeze BatchNorm (eval mode) or use SyncBatchNorm"
             )
 
 
