@@ -24,6 +24,7 @@ from .experiments.registry import folder_dataset
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_JOB_FAILED = 1  # under torchrun: another process of the job died
 
 
 class _Parser(argparse.ArgumentParser):
@@ -174,7 +175,20 @@ def _train(args: argparse.Namespace) -> int:
     config = resolve_config(args.dataset, args.config, overrides, base=base)
     _check_data_root(config)
     output_dir = output_dir or _default_output_dir(config["data"]["dataset"])
-    results = experiments.run_experiment(config, output_dir, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
+    from .experiments import distributed  # torch.distributed only for a training run
+
+    # Under torchrun (WORLD_SIZE > 1) one job over every process; rank 0 names the folder and prints the results.
+    try:
+        with distributed.process_group(config["train"]["device"]) as world:
+            output_dir = distributed.from_main(lambda: output_dir)
+            results = experiments.run_experiment(
+                config, output_dir, resume=args.resume, stop_after_epoch=args.stop_after_epoch
+            )
+    except distributed.JobFailure as error:
+        print(f"pml-recallk: error: {error}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    if not world.is_main:
+        return 0
 
     test_splits = results["test_splits"]
     print(f"Recall@k on {config['data']['dataset']} (best epoch {results['best_epoch']} of {results['epochs_run']}, "

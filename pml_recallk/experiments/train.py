@@ -50,7 +50,7 @@ from torch.utils.data import Dataset
 
 from .._io import write_json_atomic
 from ..trainers.collapse import validation_collapse
-from . import builders
+from . import builders, distributed
 from .checkpoints import get_rng_state, load_checkpoint, load_init_weights, save_checkpoint, set_rng_state
 from .config import RESUMABLE_KEYS, ConfigError, config_differences, dumps_toml, upgrade_config
 from .plots import plot_history, sorted_by_k
@@ -212,6 +212,7 @@ class _EpochBar(tqdm.tqdm):
     label = ""
 
     def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("disable", not distributed.current_world().is_main)  # one bar per job, rank 0's
         super().__init__(*args, desc=self.label, **kwargs)
 
     def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
@@ -240,7 +241,17 @@ def _epoch_hook(run: Mapping[str, Any], history: dict[str, Any], log: Log, stop_
     train_cfg, eval_cfg = config["train"], config["eval"]
 
     def on_epoch(trainer) -> bool:
-        tic, epoch, keep_going = time.perf_counter(), trainer.epoch, True
+        tic, epoch = time.perf_counter(), trainer.epoch
+        # Under torchrun rank 0 validates and saves while the others wait for its decision to go on.
+        keep_going = distributed.from_main(lambda: validate_and_save(trainer, epoch, tic))
+        history["stopped_early"] = not keep_going
+        history["epochs_run"] = epoch
+        if stop_after_epoch == epoch:
+            os._exit(3)
+        return keep_going
+
+    def validate_and_save(trainer, epoch: int, tic: float) -> bool:
+        keep_going = True
         if epoch % eval_cfg["every_n_epochs"] == 0 or epoch == train_cfg["epochs"]:
             keep_going = run["validate"](trainer) is not False
             metrics = _metrics_of(tester, "val")
@@ -257,8 +268,6 @@ def _epoch_hook(run: Mapping[str, Any], history: dict[str, Any], log: Log, stop_
         history["seconds"] = run["elapsed_before"] + time.perf_counter() - run["started"]
         history["train_seconds"] += tic - run["epoch_started"]  # the steps of this epoch, validation excluded
         save_checkpoint(_last_state(epoch, config, parts, history), run["checkpoints"] / "last.pt")
-        if stop_after_epoch == epoch:
-            os._exit(3)
         return keep_going
 
     return on_epoch
@@ -315,7 +324,8 @@ def _train_epochs(run: dict[str, Any], history: dict[str, Any], start_epoch: int
 
     def on_iteration(trainer) -> None:
         history["loss"].append([trainer.get_global_iteration(), float(trainer.losses["total_loss"])])
-        hooks.end_of_iteration_hook(trainer)
+        if hooks is not None:  # None on the ranks other than 0, which write nothing
+            hooks.end_of_iteration_hook(trainer)
 
     trainer = None
     for epoch in range(start_epoch, epochs + 1):
@@ -329,6 +339,7 @@ def _train_epochs(run: dict[str, Any], history: dict[str, Any], start_epoch: int
             )
         else:
             trainer.sampler = builders.make_sampler(config, train_set.labels, run["batch_size"], run["iterations"])
+        trainer.sampler.set_epoch(epoch)
         run["epoch_started"] = time.perf_counter()
         # Whether an epoch warms up depends only on its number, so a run resumed in the middle of it goes on alike.
         warmup = contextlib.nullcontext()
@@ -336,6 +347,8 @@ def _train_epochs(run: dict[str, Any], history: dict[str, Any], start_epoch: int
             log(f"epoch {epoch}/{epochs}: warm-up, only the embedding layer and the loss's parameters train")
             warmup = _backbone_frozen(trainer, parts["model"])
         with _epoch_counter(epoch, epochs), warmup:
+            # DDP (under torchrun) fixes the trainable parameters when it wraps: wrap anew after warm-up changes.
+            trainer.models["trunk"] = distributed.data_parallel(parts["model"])
             trainer.train(start_epoch=epoch, num_epochs=epoch)
 
 
@@ -373,7 +386,9 @@ def _prepare(config, output_dir: Path, datasets, device, log: Log) -> dict[str, 
     train_set = datasets["train"]
     num_classes = len(np.unique(train_set.labels))
     batch_size = builders.batch_size_of(config, num_classes)
+    per_rank, world_size = distributed.split_batch(batch_size), distributed.current_world().world_size
     iterations = builders.iterations_of(config, len(train_set), batch_size)
+    builders.make_sampler(config, train_set.labels, batch_size, iterations)  # its refusals before the folder is made
     parts = _build_parts(config, model, num_classes, device)
     if config["train"]["warmup_epochs"]:
         _embedding_layer(model)  # a model without one is refused before the output folder is made
@@ -382,6 +397,7 @@ def _prepare(config, output_dir: Path, datasets, device, log: Log) -> dict[str, 
         f"{len(train_set)} training images ({num_classes} classes), {len(datasets['val'])} validation images, "
         + ", ".join(f"{len(datasets[n])} {n} images" for n in tests)
         + f"; {iterations} iterations of {batch_size} per epoch on {device}"
+        + (f" × {world_size} processes ({per_rank} images each)" if world_size > 1 else "")
         + (f"; starting from {init['path']}" if init else "")
     )
     return {
@@ -396,6 +412,8 @@ def _start(run: dict[str, Any], state: Mapping[str, Any] | None, log: Log, outpu
         log(f"resuming {output_dir} after epoch {state['epoch']}")
         return _restore(state, run["parts"]), state["epoch"] + 1
     history = _new_history(run["init"])
+    if not distributed.current_world().is_main:  # rank 0 alone evaluates
+        return history, 1
     log("evaluating the untrained model ...")
     datasets = run["datasets"]
     splits = {"val": datasets["val"], **{n: datasets[n] for n in run["test_names"]}}
@@ -438,23 +456,31 @@ def run_experiment(
     """
     started = time.perf_counter()
     output_dir = Path(output_dir)
-    check_output_dir(output_dir)
-    state = _resumable_state(output_dir, resume, config)
+    main = distributed.current_world().is_main  # under torchrun rank 0 alone logs, evaluates and writes
+    log = log if main else _quiet
+    # Rank 0 reads the folder and decides (its errors raised on every rank): the others may not even see it.
+    state = distributed.from_main(lambda: check_output_dir(output_dir) or _resumable_state(output_dir, resume, config))
     config = copy.deepcopy({table: dict(values) for table, values in config.items()})
     run = _prepare(config, output_dir, datasets, builders.device_of(config), log)
     # Only now that the data loads and the model is built is the output folder made.
-    run["checkpoints"] = _make_output_dir(output_dir, config)
+    run["checkpoints"] = distributed.from_main(lambda: _make_output_dir(output_dir, config))
     log(f"writing to {output_dir}")
-    record_keeper, writer, run["hooks"], run["tester"], run["validate"] = _hooks(
-        config, output_dir, run["device"], run["datasets"]["val"], run["checkpoints"]
+    record_keeper, writer, run["hooks"], run["tester"], run["validate"] = (
+        _hooks(config, output_dir, run["device"], run["datasets"]["val"], run["checkpoints"]) if main else [None] * 5
     )
     history, start_epoch = _start(run, state, log, output_dir)
     run.update(started=started, elapsed_before=history["seconds"])
     _train_epochs(run, history, start_epoch, _epoch_hook(run, history, log, stop_after_epoch), log)
+    if not main:
+        return {}
     record_keeper.save_records()
     if writer is not None:
         writer.close()
     return _finish(run, history, output_dir, log, started)
+
+
+def _quiet(message: str) -> None:
+    """The log of the ranks other than 0."""
 
 
 def _finish(run: dict[str, Any], history: dict[str, Any], output_dir: Path, log: Log, started: float) -> dict:
@@ -481,6 +507,7 @@ def _finish(run: dict[str, Any], history: dict[str, Any], output_dir: Path, log:
         "test_splits": test_names,
         "device": str(run["device"]),
         "threads": torch.get_num_threads(),
+        **distributed.results_entry(run["batch_size"]),
         "loss": {"name": config["loss"]["name"], "settings": LOSSES[config["loss"]["name"]].settings},
         "init_checkpoint": history["init_checkpoint"],
         "val_curve": [{"epoch": 0, **history["untrained_val"]}, *history["val"]],
