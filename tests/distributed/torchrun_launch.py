@@ -33,3 +33,27 @@ def torchrun(nproc: int, *args: str, timeout: float = 120, launcher: list[str] |
     return subprocess.run(
         command, capture_output=True, text=True, timeout=timeout, env=environment(), cwd=kw.get("cwd", ROOT)
     )
+
+
+# A run of `pml-recallk train` small enough for a 2-core machine: 8 glyph classes of 16 px, global batch 24, 2 steps.
+TINY = [
+    "--device", "cpu", "--epochs", "2", "--batch-size", "24",
+    "--set", "data.max_classes=8", "--set", "data.image_size=16", "--set", "data.val_fraction=0.25",
+    "--set", "train.iterations_per_epoch=1", "--set", "train.chunk_size=4",
+    "--set", "model.width=4", "--set", "model.embedding_size=16", "--set", "eval.k_values=[1]",
+]  # fmt: skip
+
+
+def train(output: Path, nproc: int, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``pml-recallk train`` of the TINY run into ``output``: one process (``nproc`` 0, no torchrun) or ``nproc``."""
+    arguments = ["-m", "pml_recallk.cli", "train", *TINY, "--output-dir", str(output), *extra]
+    if nproc == 0:
+        command = [sys.executable, *arguments]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment(), cwd=ROOT)
+    return torchrun(nproc, *arguments, timeout=timeout)
+
+
+def final_state(output: Path) -> dict:
+    import torch
+
+    return torch.load(output / "checkpoints" / "last.pt", weights_only=True)["model"]
