@@ -6,8 +6,8 @@
    model (from ``model.init_checkpoint`` when set), loss and optimisers (:mod:`.builders`) — all before
    anything is written;
 2. evaluate the untrained model on the test and validation splits;
-3. train with :class:`~pml_recallk.MemoryEfficientTrainer` on class-balanced batches (PML's
-   ``MPerClassSampler``; the first ``train.warmup_epochs`` train only the model's embedding layer and the loss's
+3. train with :class:`~pml_recallk.MemoryEfficientTrainer` on class-balanced batches
+   (:class:`~pml_recallk.samplers.DistributedMPerClassSampler`, drawn from ``(train.seed, epoch)``; the first ``train.warmup_epochs`` train only the model's embedding layer and the loss's
    parameters), validating every ``eval.every_n_epochs`` epochs and after the last through PML's
    ``HookContainer`` (record-keeper CSV/SQLite under ``<output>/logs``, tensorboard under
    ``<output>/tensorboard``), which picks the best epoch by validation ``eval.select_by`` (``recall_at_1`` by
@@ -15,6 +15,9 @@
 4. write ``<output>/checkpoints/last.pt`` atomically after every epoch, and ``best.pt`` when validation improves;
 5. evaluate the best model on the test split(s), write ``results.json`` (with the validation curve per epoch and
    the loss curve per iteration), ``loss_curve.png`` and ``recall_curves.png``.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1, the process group made by :mod:`.distributed`) the run is one job: each rank
+trains on its slice of every global batch, rank 0 alone evaluates and writes (docs/distributed.md).
 
 Resuming (``resume=True``) continues from ``last.pt``. Every epoch starts by re-seeding Python, NumPy and torch
 from ``(train.seed, epoch)`` and building a new sampler, so an epoch does not depend on what ran before it in the
@@ -446,8 +449,9 @@ def run_experiment(
 
     Returns:
         ``{"untrained", "trained", "best_epoch", "best_val", "epochs_run", "stopped_early", "seconds",
-        "train_seconds", "test_splits", "device", "threads", "loss", "init_checkpoint", "val_curve",
-        "loss_curve", "warnings", "config"}``: ``untrained``/``trained`` are ``{"recall_at_1": ..., ...}`` on the
+        "train_seconds", "test_splits", "device", "threads", "world_size", "batch_per_rank", "backend", "loss",
+        "init_checkpoint", "val_curve", "loss_curve", "warnings", "config"}`` (``{}`` on the ranks other than 0 of a
+        torchrun job, which write nothing: docs/distributed.md): ``untrained``/``trained`` are ``{"recall_at_1": ..., ...}`` on the
         test split, or ``{split: {...}}`` when ``data.test_splits`` names several (VehicleID); ``val_curve`` lists
         the validation metrics per epoch (epoch 0: untrained), ``loss_curve`` ``[iteration, loss]`` pairs;
         ``seconds`` is the wall time of every process that worked on the run, ``train_seconds`` that of the
