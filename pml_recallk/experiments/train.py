@@ -7,11 +7,11 @@
    anything is written;
 2. evaluate the untrained model on the test and validation splits;
 3. train with :class:`~pml_recallk.MemoryEfficientTrainer` on class-balanced batches
-   (:class:`~pml_recallk.samplers.DistributedMPerClassSampler`, drawn from ``(train.seed, epoch)``; the first ``train.warmup_epochs`` train only the model's embedding layer and the loss's
-   parameters), validating every ``eval.every_n_epochs`` epochs and after the last through PML's
-   ``HookContainer`` (record-keeper CSV/SQLite under ``<output>/logs``, tensorboard under
-   ``<output>/tensorboard``), which picks the best epoch by validation ``eval.select_by`` (``recall_at_1`` by
-   default): the test set is never used to choose anything;
+   (:class:`~pml_recallk.samplers.DistributedMPerClassSampler`, drawn from ``(train.seed, epoch)``; the first
+   ``train.warmup_epochs`` train only the model's embedding layer and the loss's parameters), validating every
+   ``eval.every_n_epochs`` epochs and after the last through PML's ``HookContainer`` (record-keeper CSV/SQLite under
+   ``<output>/logs``, tensorboard under ``<output>/tensorboard``), which picks the best epoch by validation
+   ``eval.select_by`` (``recall_at_1`` by default): the test set is never used to choose anything;
 4. write ``<output>/checkpoints/last.pt`` atomically after every epoch, and ``best.pt`` when validation improves;
 5. evaluate the best model on the test split(s), write ``results.json`` (with the validation curve per epoch and
    the loss curve per iteration), ``loss_curve.png`` and ``recall_curves.png``.
@@ -451,10 +451,10 @@ def run_experiment(
         ``{"untrained", "trained", "best_epoch", "best_val", "epochs_run", "stopped_early", "seconds",
         "train_seconds", "test_splits", "device", "threads", "world_size", "batch_per_rank", "backend", "loss",
         "init_checkpoint", "val_curve", "loss_curve", "warnings", "config"}`` (``{}`` on the ranks other than 0 of a
-        torchrun job, which write nothing: docs/distributed.md): ``untrained``/``trained`` are ``{"recall_at_1": ..., ...}`` on the
-        test split, or ``{split: {...}}`` when ``data.test_splits`` names several (VehicleID); ``val_curve`` lists
-        the validation metrics per epoch (epoch 0: untrained), ``loss_curve`` ``[iteration, loss]`` pairs;
-        ``seconds`` is the wall time of every process that worked on the run, ``train_seconds`` that of the
+        torchrun job, which write nothing: docs/distributed.md): ``untrained``/``trained`` are ``{"recall_at_1": ...,
+        ...}`` on the test split, or ``{split: {...}}`` when ``data.test_splits`` names several (VehicleID);
+        ``val_curve`` lists the validation metrics per epoch (epoch 0: untrained), ``loss_curve`` ``[iteration, loss]``
+        pairs; ``seconds`` is the wall time of every process that worked on the run, ``train_seconds`` that of the
         training steps; ``warnings`` says when validation Recall@1 collapsed
         (:func:`pml_recallk.trainers.collapse.validation_collapse`).
     """
