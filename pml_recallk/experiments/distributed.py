@@ -24,6 +24,7 @@ import contextlib
 import datetime
 import inspect
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -136,9 +137,8 @@ def process_group(device_name: str) -> Iterator[World]:
         if not _is_collective_failure(error):
             raise
         raise JobFailure(
-            f"rank {world.rank}: another process of the job stopped or cannot be reached "
-            f"({str(error).splitlines()[0][:200]}); continue the run from its last checkpoint by starting the same "
-            "job with --resume"
+            f"rank {world.rank}: another process of the job stopped or cannot be reached ({_first_sentence(error)}); "
+            "continue the run from its last checkpoint by starting the same job with --resume"
         ) from error
     finally:
         with contextlib.suppress(Exception):  # after a failed collective the group may not close cleanly
@@ -147,6 +147,12 @@ def process_group(device_name: str) -> Iterator[World]:
 
 class JobFailure(RuntimeError):
     """A collective failed under torchrun: another rank died, or did not answer within the timeout."""
+
+
+def _first_sentence(error: BaseException) -> str:
+    """The cause in a few words: gloo's first line without its source location, up to its first full stop."""
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0][:200]
 
 
 def _is_collective_failure(error: BaseException) -> bool:
