@@ -58,8 +58,8 @@ def test_the_final_weights_equal_one_process_with_the_same_global_batch(tmp_path
 def test_a_global_batch_that_does_not_split_over_the_processes_is_refused_on_every_rank(tmp_path):
     finished = train(tmp_path / "job", 3, "--batch-size", "16")
     assert finished.returncode != 0
-    assert (
-        "pml-recallk: error: data.batch_size 16 (the global batch) does not split over 3 processes" in finished.stderr
-    )
+    # Every rank refuses alike (one line, exit 2; torchrun may stop the others once the first has exited).
+    message = "pml-recallk: error: data.batch_size 16 (the global batch) does not split over 3 processes"
+    assert message in finished.stderr
+    assert "exitcode  : 2" in finished.stderr
     assert not (tmp_path / "job").exists()  # refused before the folder is made
-    assert "Traceback" not in finished.stderr.split("ChildFailedError")[0]
