@@ -35,6 +35,7 @@ CLI_EXTRA_MODULES = {
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_JOB_FAILED = 1  # under torchrun: another process of the job died
 
 
 class _Parser(argparse.ArgumentParser):
@@ -238,7 +239,18 @@ def _train(args: argparse.Namespace) -> int:
     config = resolve_config(args.dataset, args.config, overrides, base=base)
     _check_data_root(config)
     output_dir = output_dir or _default_output_dir(config["data"]["dataset"])
-    results = experiments.run_experiment(config, output_dir, resume=args.resume)
+    from .experiments import distributed  # torch.distributed only for a training run
+
+    # Under torchrun (WORLD_SIZE > 1) one job over every process; rank 0 names the folder and prints the results.
+    try:
+        with distributed.process_group(config["train"]["device"]) as world:
+            output_dir = distributed.from_main(lambda: output_dir)
+            results = experiments.run_experiment(config, output_dir, resume=args.resume)
+    except distributed.JobFailure as error:
+        print(f"pml-recallk: error: {error}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    if not world.is_main:
+        return 0
 
     test_splits = results["test_splits"]
     print(f"Recall@k on {config['data']['dataset']} (best epoch {results['best_epoch']} of {results['epochs_run']}, "

@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._io import write_json_atomic
-from ..experiments import builders
+from ..experiments import builders, distributed
 from ..experiments.checkpoints import LOCK_FILE, disk_full_is_one_line, output_dir_lock
 from ..experiments.config import DATASETS, RUNTIME_KEYS, ConfigError, upgrade_config
 from ..experiments.metrics import PRIMARY_METRIC
@@ -474,6 +474,18 @@ def _sweep_of(args: argparse.Namespace) -> tuple[Sweep, str | None]:
     return sweep, file_output_dir
 
 
+def _refuse_torchrun() -> None:
+    """A sweep is one process's plan (its runs one after another, or --jobs worker processes); under torchrun every
+    process would run every arm into the same folders. Distributed runs are ``torchrun ... pml-recallk train``."""
+    world_size = distributed.world_from_environment().world_size
+    if world_size > 1:
+        raise ConfigError(
+            f"pml-recallk benchmark does not run under torchrun (WORLD_SIZE={world_size}): every process would run "
+            "every arm into the same folders; run the benchmark as one process (--jobs N runs N arms at once), or "
+            "train each arm with 'torchrun ... pml-recallk train' (docs/distributed.md)"
+        )
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "pml-recallk benchmark") -> int:
     """Entry point of ``pml-recallk benchmark`` and ``benchmarks/run.py``; returns the exit status.
 
@@ -495,6 +507,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "pml-recallk benchmark")
             torch.set_num_threads(args.threads)
         if args.jobs < 1:
             raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+        _refuse_torchrun()
         sweep, file_output_dir = _sweep_of(args)
         output_dir = Path(args.output_dir or file_output_dir or f"runs/benchmark-{sweep.name}")
         command = " ".join([prog, *(shlex.quote(a) for a in argv)])

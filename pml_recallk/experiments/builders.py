@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from pytorch_metric_learning.samplers import MPerClassSampler
 from pytorch_metric_learning.testers import GlobalEmbeddingSpaceTester
 from torch.utils.data import Dataset, Subset
 
@@ -35,8 +34,10 @@ from ..evaluation import RecallAtKAccuracyCalculator
 from ..losses.recall_k_surrogate_loss import contains_recall_k_surrogate
 from ..models import build_model as build_named_model
 from ..models import transforms
+from ..samplers import DistributedMPerClassSampler, SeededItems
 from ..trainers import MemoryEfficientTrainer
 from ..trainers.collapse import CollapseMonitor
+from . import distributed
 from .config import ConfigError
 from .metrics import MAP_AT_R
 from .registry import MODELS, build_loss_and_miner, dataset_class, loss_entry
@@ -462,10 +463,18 @@ def mixed_precision_dtype(name: str, device: torch.device) -> torch.dtype | None
     return getattr(torch, name)
 
 
-def make_sampler(config: Mapping[str, Any], labels: np.ndarray, batch_size: int, iterations: int) -> MPerClassSampler:
-    """PML's ``MPerClassSampler``: ``data.samples_per_class`` images per class, ``iterations`` batches."""
-    m = config["data"]["samples_per_class"]
-    return MPerClassSampler(labels, m=m, batch_size=batch_size, length_before_new_iter=iterations * batch_size)
+def make_sampler(
+    config: Mapping[str, Any], labels: np.ndarray, batch_size: int, iterations: int
+) -> DistributedMPerClassSampler:
+    """``iterations`` global batches of ``batch_size`` images, ``data.samples_per_class`` per class, drawn from
+    ``train.seed`` and the epoch (``set_epoch``); under torchrun each rank yields its slice. Each image comes with
+    its own augmentation seed (for :class:`~pml_recallk.samplers.SeededItems`), so the batches and their
+    augmentation are the same for any number of processes (docs/distributed.md)."""
+    m, seed = config["data"]["samples_per_class"], config["train"]["seed"]
+    try:
+        return DistributedMPerClassSampler(labels, m, batch_size, iterations, seed=seed, item_seeds=True)
+    except ValueError as error:
+        raise ConfigError(f"data.batch_size / data.samples_per_class: {error}") from None
 
 
 class _Trainer(MemoryEfficientTrainer):
@@ -490,6 +499,7 @@ def build_trainer(
     images (0: the whole batch in one chunk), the miner as PML's ``tuple_miner``, ``grad_clip``, the lr schedule.
 
     ``parts`` holds ``model``, ``loss``, ``miner``, ``optimizers`` and ``scheduler`` (None for none).
+    ``batch_size`` is the global batch; under torchrun this rank's trainer loads its share of it.
     """
     train = config["train"]
     model = parts["model"]
@@ -500,10 +510,10 @@ def build_trainer(
     return _Trainer(
         models={"trunk": model},
         optimizers=dict(parts["optimizers"]),
-        batch_size=batch_size,
+        batch_size=distributed.split_batch(batch_size),
         loss_funcs={"metric_loss": parts["loss"]},
         mining_funcs={"tuple_miner": parts["miner"]} if parts["miner"] is not None else {},
-        dataset=dataset,
+        dataset=SeededItems(dataset),
         sampler=make_sampler(config, dataset.labels, batch_size, iterations),
         iterations_per_epoch=iterations,
         data_device=device,
@@ -512,7 +522,7 @@ def build_trainer(
         dataloader_num_workers=loader_workers(config),
         end_of_iteration_hook=end_of_iteration_hook,
         end_of_epoch_hook=end_of_epoch_hook,
-        chunk_size=train["chunk_size"] or batch_size,
+        chunk_size=train["chunk_size"] or distributed.split_batch(batch_size),
         amp=mixed_precision_dtype(train["mixed_precision"], device),
         batchnorm="freeze" if train["freeze_batchnorm"] else "chunk_statistics",
         # RS@k at its ceiling of 1 has no gradient: warn when it stalls there (trainers/collapse.py).

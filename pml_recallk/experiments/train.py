@@ -6,22 +6,25 @@
    model (from ``model.init_checkpoint`` when set), loss and optimisers (:mod:`.builders`) — all before
    anything is written;
 2. evaluate the untrained model on the test and validation splits;
-3. train with :class:`~pml_recallk.MemoryEfficientTrainer` on class-balanced batches (PML's
-   ``MPerClassSampler``; the first ``train.warmup_epochs`` train only the model's embedding layer and the loss's
-   parameters), validating every ``eval.every_n_epochs`` epochs and after the last through PML's
-   ``HookContainer`` (record-keeper CSV/SQLite under ``<output>/logs``, tensorboard under
-   ``<output>/tensorboard``), which picks the best epoch by validation ``eval.select_by`` (``recall_at_1`` by
-   default): the test set is never used to choose anything;
+3. train with :class:`~pml_recallk.MemoryEfficientTrainer` on class-balanced batches
+   (:class:`~pml_recallk.samplers.DistributedMPerClassSampler`, drawn from ``(train.seed, epoch)``; the first
+   ``train.warmup_epochs`` train only the model's embedding layer and the loss's parameters), validating every
+   ``eval.every_n_epochs`` epochs and after the last through PML's ``HookContainer`` (record-keeper CSV/SQLite under
+   ``<output>/logs``, tensorboard under ``<output>/tensorboard``), which picks the best epoch by validation
+   ``eval.select_by`` (``recall_at_1`` by default): the test set is never used to choose anything;
 4. write ``<output>/checkpoints/last.pt`` atomically after every epoch, and ``best.pt`` when validation improves
    (:class:`.checkpoints.RunCheckpoints` says what each holds);
 5. evaluate the best model on the test split(s), write ``results.json`` (with the validation curve per epoch and
    the loss curve per iteration), ``loss_curve.png`` and ``recall_curves.png``.
 
-The output folder is locked for the whole run (:func:`.checkpoints.output_dir_lock`): a second live process that
-wants it is refused at once. Resuming (``resume=True``) continues from ``last.pt``. Every epoch starts by
-re-seeding Python, NumPy and torch from ``(train.seed, epoch)`` and building a new sampler, so an epoch does not
-depend on what ran before it in the same process: a resumed run ends with the same weights and numbers as an
-uninterrupted one (on CPU, where the kernels are deterministic, with the same number of threads).
+Under ``torchrun`` (``WORLD_SIZE`` > 1, the process group made by :mod:`.distributed`) the run is one job: each rank
+trains on its slice of every global batch, rank 0 alone evaluates and writes (docs/distributed.md).
+
+The output folder is locked for the whole run (:func:`.checkpoints.output_dir_lock`, by rank 0 under torchrun): a
+second live process that wants it is refused at once. Resuming (``resume=True``) continues from ``last.pt``. Every
+epoch starts by re-seeding Python, NumPy and torch from ``(train.seed, epoch)`` and building a new sampler, so an
+epoch does not depend on what ran before it in the same process: a resumed run ends with the same weights and
+numbers as an uninterrupted one (on CPU, where the kernels are deterministic, with the same number of threads).
 
 Example:
     >>> from pml_recallk.experiments import resolve_config
@@ -49,7 +52,7 @@ from torch.utils.data import Dataset
 
 from .._io import write_json_atomic
 from ..trainers.collapse import validation_collapse
-from . import builders
+from . import builders, distributed
 from .checkpoints import RunCheckpoints, disk_full_is_one_line, load_checkpoint, load_init_weights, output_dir_lock
 from .config import RESUMABLE_KEYS, ConfigError, config_differences, dumps_toml, upgrade_config
 from .metrics import PRIMARY_METRIC, metric_title, sorted_by_k
@@ -183,7 +186,16 @@ def _epoch_hook(run: Mapping[str, Any], history: dict[str, Any], log: Log, on_ch
     train_cfg, eval_cfg = config["train"], config["eval"]
 
     def on_epoch(trainer) -> bool:
-        tic, epoch, keep_going = time.perf_counter(), trainer.epoch, True
+        tic, epoch = time.perf_counter(), trainer.epoch
+        # Under torchrun rank 0 validates and saves while the others wait for its decision to go on.
+        keep_going = distributed.from_main(lambda: validate_and_save(trainer, epoch, tic))
+        history["stopped_early"] = not keep_going
+        history["epochs_run"] = epoch
+        on_checkpoint(epoch)
+        return keep_going
+
+    def validate_and_save(trainer, epoch: int, tic: float) -> bool:
+        keep_going = True
         if epoch % eval_cfg["every_n_epochs"] == 0 or epoch == train_cfg["epochs"]:
             keep_going = run["validate"](trainer) is not False
             metrics = _metrics_of(tester, "val")
@@ -199,7 +211,6 @@ def _epoch_hook(run: Mapping[str, Any], history: dict[str, Any], log: Log, on_ch
         history["seconds"] = run["elapsed_before"] + time.perf_counter() - run["started"]
         history["train_seconds"] += tic - run["epoch_started"]  # the steps of this epoch, validation excluded
         run["checkpoints"].save_last(epoch, config, parts, history)
-        on_checkpoint(epoch)
         return keep_going
 
     return on_epoch
@@ -256,7 +267,8 @@ def _train_epochs(run: dict[str, Any], history: dict[str, Any], start_epoch: int
 
     def on_iteration(trainer) -> None:
         history["loss"].append([trainer.get_global_iteration(), float(trainer.losses["total_loss"])])
-        hooks.end_of_iteration_hook(trainer)
+        if hooks is not None:  # None on the ranks other than 0, which write nothing
+            hooks.end_of_iteration_hook(trainer)
 
     trainer = None
     for epoch in range(start_epoch, epochs + 1):
@@ -270,6 +282,7 @@ def _train_epochs(run: dict[str, Any], history: dict[str, Any], start_epoch: int
             )
         else:
             trainer.sampler = builders.make_sampler(config, train_set.labels, run["batch_size"], run["iterations"])
+        trainer.sampler.set_epoch(epoch)
         run["epoch_started"] = time.perf_counter()
         # Whether an epoch warms up depends only on its number, so a run resumed in the middle of it goes on alike.
         warmup = contextlib.nullcontext()
@@ -278,6 +291,8 @@ def _train_epochs(run: dict[str, Any], history: dict[str, Any], start_epoch: int
             warmup = _backbone_frozen(trainer, parts["model"])
         log(f"epoch {epoch}/{epochs}: training, {run['iterations']} iterations")  # PML's bar shows the loss
         with warmup:
+            # DDP (under torchrun) fixes the trainable parameters when it wraps: wrap anew after warm-up changes.
+            trainer.models["trunk"] = distributed.data_parallel(parts["model"])
             trainer.train(start_epoch=epoch, num_epochs=epoch)
 
 
@@ -315,7 +330,9 @@ def _prepare(config, output_dir: Path, datasets, device, log: Log) -> dict[str, 
     train_set = datasets["train"]
     num_classes = len(np.unique(train_set.labels))
     batch_size = builders.batch_size_of(config, num_classes)
+    per_rank, world_size = distributed.split_batch(batch_size), distributed.current_world().world_size
     iterations = builders.iterations_of(config, len(train_set), batch_size)
+    builders.make_sampler(config, train_set.labels, batch_size, iterations)  # its refusals before the folder is made
     parts = _build_parts(config, model, num_classes, device)
     if config["train"]["warmup_epochs"]:
         _embedding_layer(model)  # a model without one is refused before the output folder is made
@@ -324,6 +341,7 @@ def _prepare(config, output_dir: Path, datasets, device, log: Log) -> dict[str, 
         f"{len(train_set)} training images ({num_classes} classes), {len(datasets['val'])} validation images, "
         + ", ".join(f"{len(datasets[n])} {n} images" for n in tests)
         + f"; {iterations} iterations of {batch_size} per epoch on {device}"
+        + (f" × {world_size} processes ({per_rank} images each)" if world_size > 1 else "")
         + (f"; starting from {init['path']}" if init else "")
     )
     return {
@@ -338,6 +356,8 @@ def _start(run: dict[str, Any], state: Mapping[str, Any] | None, log: Log, outpu
         log(f"resuming {output_dir} after epoch {state['epoch']}")
         return run["checkpoints"].restore(state, run["parts"]), state["epoch"] + 1
     history = _new_history(run["init"])
+    if not distributed.current_world().is_main:  # rank 0 alone evaluates
+        return history, 1
     log("evaluating the untrained model ...")
     datasets = run["datasets"]
     splits = {"val": datasets["val"], **{n: datasets[n] for n in run["test_names"]}}
@@ -371,40 +391,57 @@ def run_experiment(
 
     Returns:
         ``{"untrained", "trained", "best_epoch", "best_val", "epochs_run", "stopped_early", "seconds",
-        "train_seconds", "test_splits", "device", "threads", "loss", "init_checkpoint", "val_curve",
-        "loss_curve", "warnings", "config"}``: ``untrained``/``trained`` are ``{"recall_at_1": ..., ...}`` on the
-        test split, or ``{split: {...}}`` when ``data.test_splits`` names several (VehicleID); ``val_curve`` lists
-        the validation metrics per epoch (epoch 0: untrained), ``loss_curve`` ``[iteration, loss]`` pairs;
-        ``seconds`` is the wall time of every process that worked on the run, ``train_seconds`` that of the
+        "train_seconds", "test_splits", "device", "threads", "world_size", "batch_per_rank", "backend", "loss",
+        "init_checkpoint", "val_curve", "loss_curve", "warnings", "config"}`` (``{}`` on the ranks other than 0 of a
+        torchrun job, which write nothing: docs/distributed.md): ``untrained``/``trained`` are ``{"recall_at_1": ...,
+        ...}`` on the test split, or ``{split: {...}}`` when ``data.test_splits`` names several (VehicleID);
+        ``val_curve`` lists the validation metrics per epoch (epoch 0: untrained), ``loss_curve`` ``[iteration, loss]``
+        pairs; ``seconds`` is the wall time of every process that worked on the run, ``train_seconds`` that of the
         training steps; ``warnings`` says when validation Recall@1 collapsed
         (:func:`pml_recallk.trainers.collapse.validation_collapse`).
     """
     started = time.perf_counter()
     output_dir = Path(output_dir)
-    check_output_dir(output_dir)
     config = builders.with_data_channels(config)  # the saved config says what the model was built for
-    with output_dir_lock(output_dir):  # before the folder is read: another live run may be writing it
+    with contextlib.ExitStack() as held:
+        # Rank 0 checks and locks the folder before reading it (another live run may be writing it); under torchrun
+        # the other ranks may not even see it, and learn of a refusal from rank 0.
+        distributed.from_main(lambda: _hold_output_dir(output_dir, held))
         return _run_locked(config, output_dir, resume, log, datasets, on_checkpoint or (lambda epoch: None), started)
+
+
+def _hold_output_dir(output_dir: Path, held: contextlib.ExitStack) -> None:
+    check_output_dir(output_dir)
+    held.enter_context(output_dir_lock(output_dir))
 
 
 def _run_locked(config, output_dir: Path, resume: bool, log: Log, datasets, on_checkpoint, started: float) -> dict:
     """:func:`run_experiment` once the output folder is locked."""
-    state = _resumable_state(output_dir, resume, config)
+    main = distributed.current_world().is_main  # under torchrun rank 0 alone logs, evaluates and writes
+    log = log if main else _quiet
+    # Rank 0 reads the folder and decides (its errors raised on every rank): the others may not even see it.
+    state = distributed.from_main(lambda: _resumable_state(output_dir, resume, config))
     config = copy.deepcopy({table: dict(values) for table, values in config.items()})
     run = _prepare(config, output_dir, datasets, builders.device_of(config), log)
     # Only now that the data loads and the model is built is the output folder made.
-    run["checkpoints"] = _make_output_dir(output_dir, config)
+    run["checkpoints"] = distributed.from_main(lambda: _make_output_dir(output_dir, config))
     log(f"writing to {output_dir}")
-    record_keeper, writer, run["hooks"], run["tester"], run["validate"] = _hooks(
-        config, output_dir, run["device"], run["datasets"]["val"], run["checkpoints"]
+    record_keeper, writer, run["hooks"], run["tester"], run["validate"] = (
+        _hooks(config, output_dir, run["device"], run["datasets"]["val"], run["checkpoints"]) if main else [None] * 5
     )
     history, start_epoch = _start(run, state, log, output_dir)
     run.update(started=started, elapsed_before=history["seconds"])
     _train_epochs(run, history, start_epoch, _epoch_hook(run, history, log, on_checkpoint), log)
+    if not main:
+        return {}
     record_keeper.save_records()
     if writer is not None:
         writer.close()
     return _finish(run, history, output_dir, log, started)
+
+
+def _quiet(message: str) -> None:
+    """The log of the ranks other than 0."""
 
 
 def _finish(run: dict[str, Any], history: dict[str, Any], output_dir: Path, log: Log, started: float) -> dict:
@@ -431,6 +468,7 @@ def _finish(run: dict[str, Any], history: dict[str, Any], output_dir: Path, log:
         "test_splits": test_names,
         "device": str(run["device"]),
         "threads": torch.get_num_threads(),
+        **distributed.results_entry(run["batch_size"]),
         "loss": {"name": config["loss"]["name"], "settings": loss_entry(config["loss"]["name"]).settings},
         "init_checkpoint": history["init_checkpoint"],
         "val_curve": [{"epoch": 0, **history["untrained_val"]}, *history["val"]],

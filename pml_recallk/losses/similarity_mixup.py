@@ -6,6 +6,7 @@ import numbers
 import warnings
 
 import torch
+import torch.distributed as dist
 from pytorch_metric_learning.distances import DotProductSimilarity
 from pytorch_metric_learning.losses import BaseLossWrapper
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
@@ -125,7 +126,10 @@ class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
 
     def draw_pairs(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """This step's same-class pairs (i, j) and their α ~ U(alpha_range) (float64), or None (with a one-time
-        warning) when no class has two samples. Sets ``num_virtual``. ``CrossBatchMemory`` draws through it too."""
+        warning) when no class has two samples. Sets ``num_virtual``. ``CrossBatchMemory`` draws through it too.
+
+        Under ``torch.distributed`` (initialised, several ranks) every rank takes rank 0's draws, whatever its own
+        generator holds, so that all ranks compute the same loss of the gathered batch (docs/distributed.md)."""
         first, second = same_class_pairs(labels, self.max_pairs_per_class)
         self.num_virtual = len(first)
         if self.num_virtual == 0:
@@ -139,7 +143,7 @@ class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
             return None
         low, high = self.alpha_range
         alpha = torch.rand(len(first), device=labels.device, dtype=torch.float64) * (high - low) + low
-        return first, second, alpha
+        return _rank_zeros_draws(first, second, alpha)
 
     def _mixed_recall_loss(self, embeddings, labels, indices_tuple, first, second, alpha):
         loss, batch_size = self.loss, len(labels)
@@ -170,6 +174,34 @@ class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
             )
         loss.add_embedding_regularization_to_loss_dict(loss_dict, embeddings)
         return loss.reducer(loss_dict, embeddings, query_labels)
+
+
+def _rank_zeros_draws(
+    first: torch.Tensor, second: torch.Tensor, alpha: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rank 0's pairs and α on every rank of an initialised process group (unchanged in a single process).
+
+    Ranks seeded differently (a common habit) would otherwise mix different pairs with different α and compute
+    different losses of the same gathered batch, and their gradients would not add up to any batch's gradient.
+    Rank 0's draws come from its own generator, so a one-process run seeded like rank 0 draws the same, and a
+    resumed run (rank 0's generator restored) draws as an uninterrupted one. Every rank must call the loss.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return first, second, alpha
+    count = torch.tensor([len(first)], device=alpha.device)
+    counts = [torch.empty_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    if len(set(counts)) != 1:
+        raise ValueError(
+            f"SimilarityMixup under torch.distributed mixes pairs of the global batch, the same on every rank, but the "
+            f"ranks' batches give {counts} pairs: pass it the gathered batch (cached_backward and PML's "
+            "DistributedLossWrapper do), not each rank's own"
+        )
+    # float64 holds the pair indices exactly (up to 2^53), so one broadcast carries pairs and α together.
+    draws = torch.stack([first.to(torch.float64), second.to(torch.float64), alpha])
+    dist.broadcast(draws, src=0)
+    return draws[0].long(), draws[1].long(), draws[2]
 
 
 def mix_embeddings(

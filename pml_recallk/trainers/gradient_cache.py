@@ -14,6 +14,13 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.parallel import DistributedDataParallel
 
 from .._checks import check_bool, check_positive_int
+from ._ddp import (
+    check_buffers_not_broadcast,
+    check_ranks_hold_different_items,
+    check_single_gather,
+    combine_running_statistics,
+    running_statistics,
+)
 from ._rng import RngSnapshot, cuda_rng_in_use
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -82,6 +89,8 @@ def cached_backward(
     check_bool(stop_on_nan, "stop_on_nan")
     _check_batch(inputs, labels)
     step = _CachedStep(model, inputs, chunk_size, amp, progress_bar)
+    if step.group is not None:
+        check_single_gather(loss_fn)
     with step.bar:
         embeddings, labels, first = step.embed_without_grad(labels)
         if not bool(torch.isfinite(embeddings).all()):
@@ -122,6 +131,7 @@ class _CachedStep:
         self.ddp_modules = [m for m in model.modules() if isinstance(m, DistributedDataParallel)]
         self.group = self.ddp_modules[0].process_group if self.ddp_modules else None
         if self.group is not None:
+            check_buffers_not_broadcast(self.ddp_modules)
             _check_same_length_on_every_rank(len(inputs), self.group, self.device)
         self.chunks = inputs.split(chunk_size)
         self.include_cuda_rng = cuda_rng_in_use(self.device)
@@ -131,15 +141,29 @@ class _CachedStep:
         with torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else nullcontext():
             return self.model(chunk.to(self.device, non_blocking=True))
 
+    def _first_forward(self, chunk: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.forward(chunk)
+        except ValueError as error:
+            # torch's train-mode BatchNorm refuses one sample per channel; the cause here is how the batch was split.
+            if "Expected more than 1 value per channel" not in str(error):
+                raise
+            raise ValueError(
+                f"chunk_size={self.chunk_size} leaves a chunk of {len(chunk)} input(s), and a train-mode BatchNorm "
+                f"cannot normalise a single sample ({error}); choose a chunk_size that does not leave a last chunk of "
+                "1 input, or freeze BatchNorm (eval mode)"
+            ) from None
+
     def embed_without_grad(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Pass 1: the (global, under DDP) embeddings in float32 under amp, their labels, and where ours start."""
         self.rng_snapshots, outputs = [], []
+        statistics_before = running_statistics(self.model) if self.group is not None else []
         with torch.no_grad():
             for chunk in self.chunks:
                 self.rng_snapshots.append(RngSnapshot.capture(self.include_cuda_rng))
-                outputs.append(_checked_embeddings(self.forward(chunk), len(chunk)))
+                outputs.append(_checked_embeddings(self._first_forward(chunk), len(chunk)))
                 self.bar.update()
-        self.norm_statistics = _running_statistics(self.model)
+        self.norm_statistics, self.running_statistics_before = _running_statistics(self.model), statistics_before
         embeddings = torch.cat(outputs)
         del outputs
         if self.amp is not None and embeddings.dtype in AMP_DTYPES:
@@ -151,6 +175,7 @@ class _CachedStep:
 
     def backpropagate(self, embedding_grad: torch.Tensor) -> None:
         """Pass 2: replay each chunk with grad and back-propagate its rows of ∂L/∂E."""
+        _check_trainable(self.model)
         if self.group is not None:
             # DDP averages gradients over ranks; the full-batch gradient is their sum.
             embedding_grad = embedding_grad * dist.get_world_size(self.group)
@@ -163,6 +188,8 @@ class _CachedStep:
                 chunk_embeddings.backward(chunk_grad.to(chunk_embeddings.dtype))
             self.bar.update()
         _restore(self.norm_statistics)
+        if self.group is not None:
+            combine_running_statistics(self.running_statistics_before, len(self.chunks), self.group)
 
 
 def check_amp_supported(device_type: str, amp: torch.dtype) -> None:
@@ -188,6 +215,15 @@ def check_amp_supported(device_type: str, amp: torch.dtype) -> None:
         raise ValueError(f"amp={amp} is not supported on '{device_type}': {error}") from error
     if not works:
         raise ValueError(f"amp={amp} is not supported by torch.autocast on '{device_type}'; use amp=None")
+
+
+def _check_trainable(model: nn.Module) -> None:
+    if not any(parameter.requires_grad for parameter in model.parameters()):
+        raise ValueError(
+            "model has no parameter that requires grad, and cached_backward back-propagates the loss into the model's "
+            "parameters: give it a model with trainable parameters, or for a fixed model compute "
+            "loss_fn(model(inputs), labels) directly"
+        )
 
 
 def _check_batch(inputs: torch.Tensor, labels: torch.Tensor) -> None:
@@ -216,6 +252,10 @@ def _checked_embeddings(output: object, chunk_length: int) -> torch.Tensor:
         raise ValueError(
             f"the model must return a 2-D tensor of embeddings (chunk length {chunk_length}, embedding "
             f"size); got {shape}"
+        )
+    if not output.is_floating_point():
+        raise ValueError(
+            f"the model must return floating-point embeddings (gradients flow through them); got {output.dtype}"
         )
     return output
 
@@ -247,8 +287,9 @@ def _gather_global_batch(
     for tensor in (embeddings, labels.to(embeddings.device)):
         parts = [torch.empty_like(tensor) for _ in range(world_size)]
         dist.all_gather(parts, tensor.contiguous(), group=group)
-        gathered.append(torch.cat(parts))
-    return gathered[0], gathered[1], rank * len(embeddings)
+        gathered.append(parts)
+    check_ranks_hold_different_items(*gathered)
+    return torch.cat(gathered[0]), torch.cat(gathered[1]), rank * len(embeddings)
 
 
 @contextmanager

@@ -420,3 +420,35 @@ def test_whole_training_split_as_one_batch_equals_the_plain_full_batch_gradient(
         (p.grad for p in model.parameters()), (p.grad for p in reference_model.parameters()), strict=True
     ):
         torch.testing.assert_close(grad, reference_grad, rtol=1e-9, atol=1e-12)
+
+
+# Reliability cases CB12, CB13, CB17 (/work/shared/notes/reliability-cases.md): a clear error naming the cause.
+
+
+def test_a_model_without_trainable_parameters_is_refused_by_name():
+    labels = torch.arange(4).repeat_interleave(4)
+    with pytest.raises(ValueError, match="model has no parameter that requires grad"):
+        cached_backward(nn.Identity(), torch.randn(16, 6), labels, losses.MultiSimilarityLoss(), 4)
+
+
+class _Rounding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(6, 8)
+
+    def forward(self, x):
+        return self.linear(x).round().long()
+
+
+def test_integer_embeddings_are_refused_before_any_gradient():
+    labels = torch.arange(4).repeat_interleave(4)
+    with pytest.raises(ValueError, match="floating-point embeddings.*torch.int64"):
+        cached_backward(_Rounding(), torch.randn(16, 6), labels, losses.MultiSimilarityLoss(), 4)
+
+
+def test_a_last_chunk_of_one_input_under_train_mode_batchnorm_names_chunk_size():
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8)).train()
+    labels = torch.arange(4).repeat_interleave(4)
+    with pytest.raises(ValueError, match="chunk_size=5 leaves a chunk of 1 input"):
+        cached_backward(model, torch.randn(16, 6), labels, losses.MultiSimilarityLoss(), 5)
+    cached_backward(model, torch.randn(16, 6), labels, losses.MultiSimilarityLoss(), 6)  # a last chunk of 4 is fine
