@@ -22,8 +22,8 @@ _PUBLIC = {
     "StanfordOnlineProducts": ".stanford_online_products",
     "INaturalist2018": ".inaturalist",
     "VehicleID": ".vehicle_id",
-    "Glyphs": ".glyphs",
-    "HanGlyphs": ".han_glyphs",
+    "Glyphs": ".glyphs.latin",
+    "HanGlyphs": ".glyphs.han",
     "class_disjoint_split": ".common",
 }
 

@@ -23,19 +23,12 @@ import numpy as np
 import PIL
 from PIL import features
 
-from .._checks import check_bool, check_fraction, check_int, check_positive_int
-from .._io import save_npz_atomic
-from .._paths import cache_dir
-from .common import GlyphImages, check_split
-from .fonts import (
-    LATIN_LETTERS,
-    FontFace,
-    find_font_files,
-    group_families,
-    read_faces,
-    render_face,
-    rendered_face_problem,
-)
+from ..._checks import check_bool, check_fraction, check_int, check_positive_int
+from ..._paths import cache_dir
+from ..common import GlyphImages, check_split
+from .fonts import FontFace, find_font_files
+from .latin_faces import LATIN_LETTERS, group_families, read_faces, render_face, rendered_face_problem
+from .table import LatinTable
 
 LATIN_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 LATIN_LOWER = "abcdefghijklmnopqrstuvwxyz"
@@ -79,53 +72,6 @@ MIN_FAMILIES_FOR_DISJOINT_SPLIT = 8
 _RENDER_VERSION = 1  # bump when rendering or filtering changes, so old caches are not reused
 
 
-@dataclass
-class GlyphTable:
-    """Every usable render of a font collection, before any split (what the cache holds).
-
-    ``images[i]`` is character ``characters[char_index[i]]`` in face ``face_names[face_index[i]]``; faces
-    belong to families ``family_names[face_family[f]]``, whose plain upright face is
-    ``family_representative[g]``. ``dropped`` counts faces left out, by reason.
-    """
-
-    characters: str
-    images: np.ndarray
-    char_index: np.ndarray
-    face_index: np.ndarray
-    face_names: np.ndarray
-    face_paths: np.ndarray
-    face_family: np.ndarray
-    family_names: np.ndarray
-    family_representative: np.ndarray
-    dropped: dict[str, int]
-
-    def save(self, path: Path) -> None:
-        """Write to ``path`` atomically (a temporary file, then a rename), so readers never see half a file."""
-        save_npz_atomic(
-            path,
-            characters=np.array(self.characters),
-            images=self.images,
-            char_index=self.char_index,
-            face_index=self.face_index,
-            face_names=self.face_names,
-            face_paths=self.face_paths,
-            face_family=self.face_family,
-            family_names=self.family_names,
-            family_representative=self.family_representative,
-            dropped=np.array(json.dumps(self.dropped)),
-        )
-
-    @classmethod
-    def load(cls, path: Path) -> GlyphTable:
-        with np.load(path, allow_pickle=False) as f:
-            fields = {k: f[k] for k in f.files}
-        return cls(
-            characters=str(fields.pop("characters")),
-            dropped=json.loads(str(fields.pop("dropped"))),
-            **fields,
-        )
-
-
 def default_cache_dir() -> Path:
     """``$PML_RECALLK_CACHE/glyphs`` if that variable is set, else ``~/.cache/pml-recallk/glyphs``."""
     return cache_dir("glyphs")
@@ -136,7 +82,7 @@ def glyph_table(
     characters: str = DEFAULT_CHARACTERS,
     image_size: int = 32,
     cache_dir: str | os.PathLike | None = None,
-) -> GlyphTable:
+) -> LatinTable:
     """The renders of ``characters`` in every usable face under ``font_dirs``, from the cache when present.
 
     The cache file name holds a hash of the font files (path, size, modification time), the characters, the
@@ -156,7 +102,7 @@ def glyph_table(
     path = path / f"glyphs-{image_size}px-{digest}.npz"
     if path.exists():
         try:
-            return GlyphTable.load(path)
+            return LatinTable.load(path)
         except Exception as error:  # a damaged cache file is rebuilt rather than trusted
             warnings.warn(f"Glyphs: ignoring unreadable cache file {path} ({error}); rendering again", stacklevel=3)
     table = build_glyph_table(font_files, characters, image_size)
@@ -167,11 +113,11 @@ def glyph_table(
     return table
 
 
-def build_glyph_table(font_files: Sequence[Path], characters: str, image_size: int) -> GlyphTable:
+def build_glyph_table(font_files: Sequence[Path], characters: str, image_size: int) -> LatinTable:
     """Render and filter (no cache). The filters, in order:
 
     1. faces: by name (symbol, maths, small caps), character map (all of A–Z a–z) and glyph names (symbol
-       encodings), see :func:`~pml_recallk.datasets.fonts.read_faces`;
+       encodings), see :func:`~pml_recallk.datasets.glyphs.latin_faces.read_faces`;
     2. samples: characters the face does not map, renders that are blank, do not fit at the fixed size and
        baseline, equal the face's .notdef box, or equal another character of the same face;
     3. faces: fewer than ``MIN_LATIN_LETTERS`` distinct Latin letters, small letters drawn as capitals
@@ -211,7 +157,7 @@ def build_glyph_table(font_files: Sequence[Path], characters: str, image_size: i
                 char_index.append(c)
                 face_index.append(f)
     size = (0, image_size, image_size)
-    return GlyphTable(
+    return LatinTable(
         characters=characters,
         images=np.stack(images) if images else np.zeros(size, np.uint8),
         char_index=np.asarray(char_index, dtype=np.int64),
@@ -363,7 +309,7 @@ class _SplitOptions:
 
 
 def _split_faces(
-    table: GlyphTable, options: _SplitOptions, rng: np.random.Generator
+    table: LatinTable, options: _SplitOptions, rng: np.random.Generator
 ) -> tuple[dict[str, np.ndarray], bool]:
     """The faces of each split, and whether they are family-disjoint (see :class:`Glyphs`)."""
     faces = np.arange(len(table.face_names))
@@ -387,7 +333,7 @@ def _split_faces(
 
 
 def _split_characters(
-    table: GlyphTable,
+    table: LatinTable,
     alphabet: str,
     split_faces: dict[str, np.ndarray],
     options: _SplitOptions,
@@ -418,7 +364,7 @@ def _split_characters(
     return split_chars
 
 
-def _samples_of(table: GlyphTable, chars: list[int], faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _samples_of(table: LatinTable, chars: list[int], faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``table`` for ``chars`` in ``faces``, sorted by label then face, and their labels ``0..C-1``."""
     keep = np.flatnonzero(np.isin(table.char_index, chars) & np.isin(table.face_index, faces))
     label_of_char = np.full(len(table.characters), -1, dtype=np.int64)
