@@ -35,6 +35,7 @@ from ..._io import save_npz_atomic
 from ..._paths import cache_dir
 from .fonts import HAN_FONT_SUFFIXES, HanFace, file_signature, font_files_below, join_groups
 from .han_faces import MIN_HAN_COVERAGE, fetch_advice, read_han_faces, render_face, tgh_characters
+from .render import renderer_versions
 from .table import HanTable
 
 DUPLICATE_L1 = 0.03  # normalised L1 below this (32 px) is one drawing; different weights start near 0.05
@@ -63,9 +64,6 @@ SAME_DESIGN_FALLBACK: tuple[tuple[str, str], ...] = (
 # Bump when the table's filters or grouping change, so old caches are not reused. 2: one npz entry a field
 # (glyphs.table), where 1 bundled the dicts in "meta".
 _TABLE_VERSION = 2
-# Bump when rendering or a per-render filter changes (glyphs.render's Layout.han, MARGIN, INK_LEVEL,
-# FAILED_FACE_ATTEMPTS, is_blank): it is in the key of every per-face cache file.
-_RENDER_VERSION = 1
 
 
 def default_font_dir() -> Path:
@@ -82,13 +80,6 @@ def default_cache_dir() -> Path:
 
 def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def _versions() -> dict:
-    import PIL
-    from PIL import features
-
-    return {"pil": PIL.__version__, "freetype": features.version("freetype2"), "render": _RENDER_VERSION}
 
 
 def font_files_or_fail(font_dir: Path) -> list[Path]:
@@ -114,7 +105,7 @@ def han_table(font_dir: Path, image_size: int, cache_dir: Path, num_workers: int
     signatures = [(str(p.relative_to(font_dir)), *file_signature(p)) for p in files]
     key = {
         "table": _TABLE_VERSION,
-        **_versions(),
+        **renderer_versions(),
         "image_size": image_size,
         "characters": hashlib.sha256(characters.encode()).hexdigest(),
         "fonts": signatures,
@@ -150,7 +141,8 @@ def han_table(font_dir: Path, image_size: int, cache_dir: Path, num_workers: int
 
 def _face_cache_path(cache_dir: Path, font_dir: Path, face: HanFace, characters: str, image_size: int) -> Path:
     size, mtime = file_signature(font_dir / face.path)
-    key = [face.path, face.index, size, mtime, image_size, hashlib.sha256(characters.encode()).hexdigest(), _versions()]
+    characters_digest = hashlib.sha256(characters.encode()).hexdigest()
+    key = [face.path, face.index, size, mtime, image_size, characters_digest, renderer_versions()]
     stem = Path(face.path).stem[:40]
     return cache_dir / f"faces-{image_size}px" / f"{stem}-{face.index}-{_digest(key)}.npz"
 

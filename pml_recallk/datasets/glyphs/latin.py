@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL
-from PIL import features
 
 from ..._checks import check_bool, check_fraction, check_int, check_positive_int
 from ..._paths import cache_dir
 from ..common import GlyphImages, check_split
-from .fonts import FontFace, find_font_files
+from .fonts import FontFace, file_signature, find_font_files
 from .latin_faces import LATIN_LETTERS, group_families, read_faces, render_face, rendered_face_problem
+from .render import renderer_versions
 from .table import LatinTable
 
 LATIN_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -69,7 +68,9 @@ look-alike of another character in :data:`LOOKALIKES`."""
 # shares its families between the splits (its characters are still disjoint).
 MIN_FAMILIES_FOR_DISJOINT_SPLIT = 8
 
-_RENDER_VERSION = 1  # bump when rendering or filtering changes, so old caches are not reused
+# Bump when the face filters or the family grouping change, so old caches are not reused (rendering has its own
+# version, render.RENDER_VERSION). 2: the key holds the renderer's version apart.
+_TABLE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -86,16 +87,15 @@ def glyph_table(
     """The renders of ``characters`` in every usable face under ``font_dirs``, from the cache when present.
 
     The cache file name holds a hash of the font files (path, size, modification time), the characters, the
-    image size and the PIL/FreeType versions, so any change renders again.
+    image size and the renderer's, PIL's and FreeType's versions, so any change renders again.
     """
     font_files = find_font_files(font_dirs)
     key = {
-        "version": _RENDER_VERSION,
+        "version": _TABLE_VERSION,
+        **renderer_versions(),
         "characters": characters,
         "image_size": image_size,
-        "pil": PIL.__version__,
-        "freetype": features.version("freetype2"),
-        "fonts": [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in font_files],
+        "fonts": [(str(p), *file_signature(p)) for p in font_files],
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()

@@ -46,6 +46,10 @@ INK_LEVEL = 32  # a pixel this bright (of 255) outside the canvas is ink that do
 BLANK_MAX_VALUE = 64
 BLANK_MIN_PIXELS = 4
 
+# Bump when a Layout, the drawing or a per-render filter of this module changes: both data sets' cache keys
+# hold it (through renderer_versions), so no cache made by another renderer is reused.
+RENDER_VERSION = 1
+
 FAILED_FACE_ATTEMPTS = 20  # a face whose first this many renders all raise is dropped (FreeType cannot run it)
 NOTDEF_PROBE = "\U0010fffd"  # a private-use code point that no text face maps: it draws .notdef (the "tofu" box)
 
@@ -167,6 +171,14 @@ def render_characters(
     if failures:
         dropped["FreeType error"] = failures
     return positions, images, dropped
+
+
+def renderer_versions() -> dict[str, str | int]:
+    """What decides the pixels besides the font and the layout: Pillow, FreeType and this module's version."""
+    import PIL
+    from PIL import features
+
+    return {"pil": PIL.__version__, "freetype": features.version("freetype2"), "render": RENDER_VERSION}
 
 
 def is_blank(image: np.ndarray) -> bool:
