@@ -24,7 +24,6 @@ import json
 import os
 import re
 import sys
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -122,18 +121,9 @@ def han_table(font_dir: Path, image_size: int, cache_dir: Path, num_workers: int
     path = cache_dir / f"table-{image_size}px-{_digest(key)}.npz"
     if path in _LAST_TABLE:
         return _LAST_TABLE[path]
-    table = None
-    if path.exists():
-        try:
-            table = HanTable.load(path)
-        except Exception as error:  # a damaged cache file is rebuilt rather than trusted
-            warnings.warn(f"HanGlyphs: ignoring unreadable cache file {path} ({error}); rebuilding", stacklevel=3)
-    if table is None:
-        table = build_han_table(font_dir, files, characters, image_size, cache_dir, num_workers)
-        try:
-            table.save(path)
-        except OSError as error:
-            warnings.warn(f"HanGlyphs: could not write the cache file {path} ({error})", stacklevel=3)
+    table = HanTable.cached(
+        path, lambda: build_han_table(font_dir, files, characters, image_size, cache_dir, num_workers), "HanGlyphs"
+    )
     _LAST_TABLE.clear()
     _LAST_TABLE[path] = table
     return table

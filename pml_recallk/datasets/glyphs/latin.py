@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import unicodedata
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,17 +99,7 @@ def glyph_table(
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = path / f"glyphs-{image_size}px-{digest}.npz"
-    if path.exists():
-        try:
-            return LatinTable.load(path)
-        except Exception as error:  # a damaged cache file is rebuilt rather than trusted
-            warnings.warn(f"Glyphs: ignoring unreadable cache file {path} ({error}); rendering again", stacklevel=3)
-    table = build_glyph_table(font_files, characters, image_size)
-    try:
-        table.save(path)
-    except OSError as error:
-        warnings.warn(f"Glyphs: could not write the cache file {path} ({error})", stacklevel=3)
-    return table
+    return LatinTable.cached(path, lambda: build_glyph_table(font_files, characters, image_size), "Glyphs")
 
 
 def build_glyph_table(font_files: Sequence[Path], characters: str, image_size: int) -> LatinTable:

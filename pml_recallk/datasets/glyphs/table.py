@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +67,23 @@ class GlyphTable:
             # The annotations are strings (from __future__ import annotations): "str", "dict[str, int]", ...
             values[f.name] = str(value) if f.type == "str" else json.loads(str(value)) if "dict" in f.type else value
         return cls(**values)
+
+    @classmethod
+    def cached(cls, path: Path, build: Callable[[], GlyphTable], owner: str) -> GlyphTable:
+        """The table in the cache file ``path``, else ``build()``, written there. The cache only saves time: a
+        damaged file is built again and a file that cannot be written is warned about (``owner`` names the data
+        set in the warning), neither stops the data set."""
+        if path.exists():
+            try:
+                return cls.load(path)
+            except Exception as error:  # a damaged cache file is rebuilt rather than trusted
+                warnings.warn(f"{owner}: ignoring unreadable cache file {path} ({error}); building again", stacklevel=4)
+        table = build()
+        try:
+            table.save(path)
+        except OSError as error:
+            warnings.warn(f"{owner}: could not write the cache file {path} ({error})", stacklevel=4)
+        return table
 
 
 @dataclass
