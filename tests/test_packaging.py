@@ -222,7 +222,7 @@ def _fetch_script_default(*args: str, **env: str) -> str:
 
 @pytest.mark.parametrize("variables", [{}, {"PML_RECALLK_CACHE": "CACHE"}, {"PML_RECALLK_HAN_FONTS": "FONTS"}])
 def test_fetch_script_without_a_folder_fills_the_one_han_glyphs_reads(variables, tmp_path, monkeypatch):
-    from pml_recallk.datasets.han_table import default_font_dir
+    from pml_recallk.datasets.glyphs.han_table import default_font_dir
 
     for name in ("PML_RECALLK_CACHE", "PML_RECALLK_HAN_FONTS"):
         monkeypatch.delenv(name, raising=False)
@@ -235,7 +235,8 @@ def test_fetch_script_without_a_folder_fills_the_one_han_glyphs_reads(variables,
 
 
 def test_every_cache_is_under_one_folder(tmp_path, monkeypatch):
-    from pml_recallk.datasets import glyphs, han_table
+    from pml_recallk.datasets.glyphs import han_table
+    from pml_recallk.datasets.glyphs import latin as glyphs
 
     monkeypatch.delenv("PML_RECALLK_HAN_FONTS", raising=False)
     monkeypatch.delenv("PML_RECALLK_CACHE", raising=False)

@@ -14,9 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-import pml_recallk.datasets.glyphs as glyphs_module
-from pml_recallk.datasets import Glyphs, fonts
-from pml_recallk.datasets.glyphs import DEFAULT_CHARACTERS, LATIN_LOWER, LATIN_UPPER, LOOKALIKES
+import pml_recallk.datasets.glyphs.latin as glyphs_module
+from pml_recallk.datasets import Glyphs
+from pml_recallk.datasets.glyphs import fonts as font_files
+from pml_recallk.datasets.glyphs import latin_faces as fonts
+from pml_recallk.datasets.glyphs import render
+from pml_recallk.datasets.glyphs import table as table_module
+from pml_recallk.datasets.glyphs.latin import DEFAULT_CHARACTERS, LATIN_LOWER, LATIN_UPPER, LOOKALIKES
 
 MPL_FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 
@@ -384,6 +388,6 @@ def test_docstring_examples(cache_dir, monkeypatch, tmp_path):
     for path in Path(cache_dir).glob("glyphs-32px-*.npz"):
         shutil.copy(path, tmp_path / "glyphs" / path.name)
     monkeypatch.setenv("PML_RECALLK_CACHE", str(tmp_path))  # the examples use the default cache
-    for module in (glyphs_module, fonts):
+    for module in (glyphs_module, fonts, font_files, render, table_module):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from pml_recallk.datasets import HanGlyphs
-from pml_recallk.datasets import han_table as han_table_module
-from pml_recallk.datasets.han_fonts import IMAGE_SIZES
+from pml_recallk.datasets.glyphs import han_table as han_table_module
+from pml_recallk.datasets.glyphs.han_faces import IMAGE_SIZES
 
 FONTS_ENV = "PML_RECALLK_HAN_TEST_FONTS"
 FETCH = "bash benchmarks/fetch_han_fonts.sh --small DIR"
@@ -308,7 +308,7 @@ def test_missing_or_empty_font_folder_names_the_fetch_script(tmp_path):
 
 
 def test_foreign_font_folder(tmp_path, font_dir):
-    from pml_recallk.datasets.fonts import matplotlib_font_dir
+    from pml_recallk.datasets.glyphs.fonts import matplotlib_font_dir
 
     shutil.copy(matplotlib_font_dir() / "DejaVuSans.ttf", tmp_path / "DejaVuSans.ttf")
     with pytest.raises(FileNotFoundError, match="no Unihan kTGH list"):

@@ -13,29 +13,20 @@ import hashlib
 import json
 import os
 import unicodedata
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL
-from PIL import features
 
-from .._checks import check_bool, check_fraction, check_int, check_positive_int
-from .._io import save_npz_atomic
-from .._paths import cache_dir
-from .common import GlyphImages, check_split
-from .fonts import (
-    LATIN_LETTERS,
-    FontFace,
-    find_font_files,
-    group_families,
-    read_faces,
-    render_face,
-    rendered_face_problem,
-)
+from ..._checks import check_bool, check_fraction, check_int, check_positive_int
+from ..._paths import cache_dir
+from ..common import GlyphImages, check_split
+from .fonts import FontFace, file_signature, find_font_files
+from .latin_faces import LATIN_LETTERS, group_families, read_faces, render_face, rendered_face_problem
+from .render import renderer_versions
+from .table import LatinTable
 
 LATIN_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 LATIN_LOWER = "abcdefghijklmnopqrstuvwxyz"
@@ -76,54 +67,9 @@ look-alike of another character in :data:`LOOKALIKES`."""
 # shares its families between the splits (its characters are still disjoint).
 MIN_FAMILIES_FOR_DISJOINT_SPLIT = 8
 
-_RENDER_VERSION = 1  # bump when rendering or filtering changes, so old caches are not reused
-
-
-@dataclass
-class GlyphTable:
-    """Every usable render of a font collection, before any split (what the cache holds).
-
-    ``images[i]`` is character ``characters[char_index[i]]`` in face ``face_names[face_index[i]]``; faces
-    belong to families ``family_names[face_family[f]]``, whose plain upright face is
-    ``family_representative[g]``. ``dropped`` counts faces left out, by reason.
-    """
-
-    characters: str
-    images: np.ndarray
-    char_index: np.ndarray
-    face_index: np.ndarray
-    face_names: np.ndarray
-    face_paths: np.ndarray
-    face_family: np.ndarray
-    family_names: np.ndarray
-    family_representative: np.ndarray
-    dropped: dict[str, int]
-
-    def save(self, path: Path) -> None:
-        """Write to ``path`` atomically (a temporary file, then a rename), so readers never see half a file."""
-        save_npz_atomic(
-            path,
-            characters=np.array(self.characters),
-            images=self.images,
-            char_index=self.char_index,
-            face_index=self.face_index,
-            face_names=self.face_names,
-            face_paths=self.face_paths,
-            face_family=self.face_family,
-            family_names=self.family_names,
-            family_representative=self.family_representative,
-            dropped=np.array(json.dumps(self.dropped)),
-        )
-
-    @classmethod
-    def load(cls, path: Path) -> GlyphTable:
-        with np.load(path, allow_pickle=False) as f:
-            fields = {k: f[k] for k in f.files}
-        return cls(
-            characters=str(fields.pop("characters")),
-            dropped=json.loads(str(fields.pop("dropped"))),
-            **fields,
-        )
+# Bump when the face filters or the family grouping change, so old caches are not reused (rendering has its own
+# version, render.RENDER_VERSION). 2: the key holds the renderer's version apart.
+_TABLE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -136,42 +82,31 @@ def glyph_table(
     characters: str = DEFAULT_CHARACTERS,
     image_size: int = 32,
     cache_dir: str | os.PathLike | None = None,
-) -> GlyphTable:
+) -> LatinTable:
     """The renders of ``characters`` in every usable face under ``font_dirs``, from the cache when present.
 
     The cache file name holds a hash of the font files (path, size, modification time), the characters, the
-    image size and the PIL/FreeType versions, so any change renders again.
+    image size and the renderer's, PIL's and FreeType's versions, so any change renders again.
     """
     font_files = find_font_files(font_dirs)
     key = {
-        "version": _RENDER_VERSION,
+        "version": _TABLE_VERSION,
+        **renderer_versions(),
         "characters": characters,
         "image_size": image_size,
-        "pil": PIL.__version__,
-        "freetype": features.version("freetype2"),
-        "fonts": [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in font_files],
+        "fonts": [(str(p), *file_signature(p)) for p in font_files],
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = path / f"glyphs-{image_size}px-{digest}.npz"
-    if path.exists():
-        try:
-            return GlyphTable.load(path)
-        except Exception as error:  # a damaged cache file is rebuilt rather than trusted
-            warnings.warn(f"Glyphs: ignoring unreadable cache file {path} ({error}); rendering again", stacklevel=3)
-    table = build_glyph_table(font_files, characters, image_size)
-    try:
-        table.save(path)
-    except OSError as error:
-        warnings.warn(f"Glyphs: could not write the cache file {path} ({error})", stacklevel=3)
-    return table
+    return LatinTable.cached(path, lambda: build_glyph_table(font_files, characters, image_size), "Glyphs")
 
 
-def build_glyph_table(font_files: Sequence[Path], characters: str, image_size: int) -> GlyphTable:
+def build_glyph_table(font_files: Sequence[Path], characters: str, image_size: int) -> LatinTable:
     """Render and filter (no cache). The filters, in order:
 
     1. faces: by name (symbol, maths, small caps), character map (all of A–Z a–z) and glyph names (symbol
-       encodings), see :func:`~pml_recallk.datasets.fonts.read_faces`;
+       encodings), see :func:`~pml_recallk.datasets.glyphs.latin_faces.read_faces`;
     2. samples: characters the face does not map, renders that are blank, do not fit at the fixed size and
        baseline, equal the face's .notdef box, or equal another character of the same face;
     3. faces: fewer than ``MIN_LATIN_LETTERS`` distinct Latin letters, small letters drawn as capitals
@@ -211,7 +146,7 @@ def build_glyph_table(font_files: Sequence[Path], characters: str, image_size: i
                 char_index.append(c)
                 face_index.append(f)
     size = (0, image_size, image_size)
-    return GlyphTable(
+    return LatinTable(
         characters=characters,
         images=np.stack(images) if images else np.zeros(size, np.uint8),
         char_index=np.asarray(char_index, dtype=np.int64),
@@ -381,7 +316,7 @@ class _SplitOptions:
 
 
 def _split_faces(
-    table: GlyphTable, options: _SplitOptions, rng: np.random.Generator
+    table: LatinTable, options: _SplitOptions, rng: np.random.Generator
 ) -> tuple[dict[str, np.ndarray], bool]:
     """The faces of each split, and whether they are family-disjoint (see :class:`Glyphs`)."""
     faces = np.arange(len(table.face_names))
@@ -405,7 +340,7 @@ def _split_faces(
 
 
 def _split_characters(
-    table: GlyphTable,
+    table: LatinTable,
     alphabet: str,
     split_faces: dict[str, np.ndarray],
     options: _SplitOptions,
@@ -436,7 +371,7 @@ def _split_characters(
     return split_chars
 
 
-def _samples_of(table: GlyphTable, chars: list[int], faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _samples_of(table: LatinTable, chars: list[int], faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``table`` for ``chars`` in ``faces``, sorted by label then face, and their labels ``0..C-1``."""
     keep = np.flatnonzero(np.isin(table.char_index, chars) & np.isin(table.face_index, faces))
     label_of_char = np.full(len(table.characters), -1, dtype=np.int64)

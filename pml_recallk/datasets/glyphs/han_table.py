@@ -4,7 +4,7 @@ Building it (:func:`han_table`):
 
 1. every face of every font file under the font folder whose character map holds at least
    ``MIN_HAN_COVERAGE`` of the 8,105 list characters is rendered, in parallel, with the per-render filters of
-   :mod:`~pml_recallk.datasets.han_fonts` (blank, does not fit, ``.notdef``, FreeType error, placeholder);
+   :mod:`~pml_recallk.datasets.glyphs.han_faces` (blank, does not fit, ``.notdef``, FreeType error, placeholder);
    each face's renders are cached on their own, so the table can be rebuilt without rendering again;
 2. near-duplicates: within each character, a render closer than ``DUPLICATE_L1`` in normalised L1
    ``Σ|a − b| / (Σa + Σb)`` to a render kept before it (in face order) is dropped, so every image is distinct;
@@ -19,30 +19,23 @@ Building it (:func:`han_table`):
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
 import sys
-import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
-from .._io import save_npz_atomic
-from .._paths import cache_dir
-from .han_fonts import (
-    MIN_HAN_COVERAGE,
-    HanFace,
-    fetch_advice,
-    file_signature,
-    find_font_files,
-    read_han_faces,
-    render_face,
-    tgh_characters,
-)
+from ..._io import save_npz_atomic
+from ..._paths import cache_dir
+from .fonts import HAN_FONT_SUFFIXES, HanFace, file_signature, font_files_below, join_groups
+from .han_faces import MIN_HAN_COVERAGE, fetch_advice, read_han_faces, render_face, tgh_characters
+from .render import renderer_versions
+from .table import HanTable
 
 DUPLICATE_L1 = 0.03  # normalised L1 below this (32 px) is one drawing; different weights start near 0.05
 SAME_DESIGN_FRACTION = 0.10  # faces with this share of near-duplicate renders are one design under two names
@@ -67,47 +60,9 @@ SAME_DESIGN_FALLBACK: tuple[tuple[str, str], ...] = (
     (r"^kiloji", "kiloji, kiloji - B, kiloji - D: weights of one handwriting design"),
 )
 
-_TABLE_VERSION = 1  # bump when the table's filters or grouping change, so old caches are not reused
-# Bump when rendering or a per-render filter changes (han_fonts' CANVAS, FONT_SIZE, BASELINE, MARGIN, INK_LEVEL,
-# FAILED_FACE_ATTEMPTS, fonts.is_blank): it is in the key of every per-face cache file.
-_RENDER_VERSION = 1
-
-
-@dataclass
-class HanTable:
-    """Every distinct usable render, before any split (what the cache holds).
-
-    ``images[i]`` is ``characters[char_index[i]]`` (``characters`` in kTGH order) in face ``face_names[
-    face_index[i]]``, which belongs to design group ``group_names[face_group[face]]``. ``dropped`` counts what the
-    filters left out, by reason; ``dropped_faces`` names each face left out and why.
-    """
-
-    characters: str
-    images: np.ndarray
-    char_index: np.ndarray
-    face_index: np.ndarray
-    face_names: np.ndarray
-    face_paths: np.ndarray
-    face_group: np.ndarray
-    group_names: np.ndarray
-    dropped: dict[str, int] = field(default_factory=dict)
-    dropped_faces: dict[str, str] = field(default_factory=dict)
-    consensus: dict[str, float] = field(default_factory=dict)
-
-    def save(self, path: Path) -> None:
-        arrays = {k: getattr(self, k) for k in ("images", "char_index", "face_index", "face_group")}
-        strings = {k: getattr(self, k) for k in ("face_names", "face_paths", "group_names")}
-        meta = {"dropped": self.dropped, "dropped_faces": self.dropped_faces, "consensus": self.consensus}
-        save_npz_atomic(
-            path, characters=np.array(self.characters), meta=np.array(json.dumps(meta)), **arrays, **strings
-        )
-
-    @classmethod
-    def load(cls, path: Path) -> HanTable:
-        with np.load(path, allow_pickle=False) as f:
-            fields = {k: f[k] for k in f.files}
-        meta = json.loads(str(fields.pop("meta")))
-        return cls(characters=str(fields.pop("characters")), **fields, **meta)
+# Bump when the table's filters or grouping change, so old caches are not reused. 2: one npz entry a field
+# (glyphs.table), where 1 bundled the dicts in "meta".
+_TABLE_VERSION = 2
 
 
 def default_font_dir() -> Path:
@@ -126,17 +81,10 @@ def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _versions() -> dict:
-    import PIL
-    from PIL import features
-
-    return {"pil": PIL.__version__, "freetype": features.version("freetype2"), "render": _RENDER_VERSION}
-
-
 def font_files_or_fail(font_dir: Path) -> list[Path]:
     if not font_dir.is_dir():
         raise FileNotFoundError(f"HanGlyphs: no font folder {font_dir}; {fetch_advice(font_dir)}")
-    files = find_font_files(font_dir)
+    files = font_files_below(font_dir, HAN_FONT_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"HanGlyphs: no font files under {font_dir}; {fetch_advice(font_dir)}")
     return files
@@ -156,7 +104,7 @@ def han_table(font_dir: Path, image_size: int, cache_dir: Path, num_workers: int
     signatures = [(str(p.relative_to(font_dir)), *file_signature(p)) for p in files]
     key = {
         "table": _TABLE_VERSION,
-        **_versions(),
+        **renderer_versions(),
         "image_size": image_size,
         "characters": hashlib.sha256(characters.encode()).hexdigest(),
         "fonts": signatures,
@@ -173,18 +121,9 @@ def han_table(font_dir: Path, image_size: int, cache_dir: Path, num_workers: int
     path = cache_dir / f"table-{image_size}px-{_digest(key)}.npz"
     if path in _LAST_TABLE:
         return _LAST_TABLE[path]
-    table = None
-    if path.exists():
-        try:
-            table = HanTable.load(path)
-        except Exception as error:  # a damaged cache file is rebuilt rather than trusted
-            warnings.warn(f"HanGlyphs: ignoring unreadable cache file {path} ({error}); rebuilding", stacklevel=3)
-    if table is None:
-        table = build_han_table(font_dir, files, characters, image_size, cache_dir, num_workers)
-        try:
-            table.save(path)
-        except OSError as error:
-            warnings.warn(f"HanGlyphs: could not write the cache file {path} ({error})", stacklevel=3)
+    table = HanTable.cached(
+        path, lambda: build_han_table(font_dir, files, characters, image_size, cache_dir, num_workers), "HanGlyphs"
+    )
     _LAST_TABLE.clear()
     _LAST_TABLE[path] = table
     return table
@@ -192,7 +131,8 @@ def han_table(font_dir: Path, image_size: int, cache_dir: Path, num_workers: int
 
 def _face_cache_path(cache_dir: Path, font_dir: Path, face: HanFace, characters: str, image_size: int) -> Path:
     size, mtime = file_signature(font_dir / face.path)
-    key = [face.path, face.index, size, mtime, image_size, hashlib.sha256(characters.encode()).hexdigest(), _versions()]
+    characters_digest = hashlib.sha256(characters.encode()).hexdigest()
+    key = [face.path, face.index, size, mtime, image_size, characters_digest, renderer_versions()]
     stem = Path(face.path).stem[:40]
     return cache_dir / f"faces-{image_size}px" / f"{stem}-{face.index}-{_digest(key)}.npz"
 
@@ -207,7 +147,7 @@ def _render_to_cache(font_dir: str, face_path: str, index: int, characters: str,
 def render_faces(
     font_dir: Path, faces: list[HanFace], characters: str, image_size: int, cache_dir: Path, num_workers: int | None
 ) -> list[dict]:
-    """Each face's renders (:func:`~pml_recallk.datasets.han_fonts.render_face`), rendering in parallel only the
+    """Each face's renders (:func:`~pml_recallk.datasets.glyphs.han_faces.render_face`), rendering in parallel only the
     faces whose cache file is missing, largest first; a tqdm bar shows the progress."""
     from tqdm.auto import tqdm
 
@@ -427,31 +367,17 @@ def design_groups(faces: list[HanFace], same: np.ndarray, common: np.ndarray) ->
     """Group id of every face and each group's name (its family names joined by " = "): the union of faces
     with one family key, faces with ``same/common ≥ SAME_DESIGN_FRACTION`` (over ``≥ SAME_DESIGN_MIN_COMMON``
     characters) and the :data:`SAME_DESIGN_FALLBACK` pairs."""
-    parent = list(range(len(faces)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def join(i: int, j: int) -> None:
-        parent[root(j)] = root(i)
-
     by_key: dict[str, int] = {}
-    for i, face in enumerate(faces):
-        join(by_key.setdefault(face.family_key, i), i)
+    same_key = ((by_key.setdefault(face.family_key, i), i) for i, face in enumerate(faces))
     fraction = same / np.maximum(common, 1)
-    for i, j in zip(*np.nonzero(np.triu((fraction >= SAME_DESIGN_FRACTION) & (common >= SAME_DESIGN_MIN_COMMON), 1))):
-        join(int(i), int(j))
+    same_glyphs = zip(*np.nonzero(np.triu((fraction >= SAME_DESIGN_FRACTION) & (common >= SAME_DESIGN_MIN_COMMON), 1)))
+    fallback = []
     for pattern, _ in SAME_DESIGN_FALLBACK:
         matching = [i for i, face in enumerate(faces) if re.match(pattern, face.family)]
-        for i in matching[1:]:
-            join(matching[0], i)
-    roots = sorted({root(i) for i in range(len(faces))})
-    group = np.array([roots.index(root(i)) for i in range(len(faces))], np.int64)
+        fallback += [(matching[0], i) for i in matching[1:]]
+    group = join_groups(len(faces), itertools.chain(same_key, same_glyphs, fallback))
     names = []
-    for g in range(len(roots)):
+    for g in range(int(group.max()) + 1):
         families = sorted({faces[i].family for i in np.flatnonzero(group == g)}, key=str.lower)
         names.append(" = ".join(families[:6]) + (f" (+{len(families) - 6} more)" if len(families) > 6 else ""))
     return group, names

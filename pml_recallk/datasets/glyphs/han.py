@@ -4,7 +4,8 @@ A many-class real data set shaped like Stanford Online Products (docs/method.md 
 level 1 of the *General Standard Chinese Characters* list, each image that character in one design. Train and
 test share no character and no design group; ``pretrain`` holds the list's other characters (levels 2–3) in
 the training design groups only. Fonts come from ``benchmarks/fetch_han_fonts.sh``; the filters and the design
-groups are in :mod:`~pml_recallk.datasets.han_table`, the rendering in :mod:`~pml_recallk.datasets.han_fonts`.
+groups are in :mod:`~pml_recallk.datasets.glyphs.han_table`, the rendering in
+:mod:`~pml_recallk.datasets.glyphs.render`.
 See ``docs/han_glyphs.md``.
 """
 
@@ -17,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_int
-from .common import GlyphImages, check_split
-from .han_fonts import FETCH_HINT, IMAGE_SIZES, TGH_LEVEL_1, TGH_LEVELS_2_3
-from .han_table import HanTable, default_cache_dir, default_font_dir, han_table
+from ..._checks import check_int
+from ..common import GlyphImages, check_split
+from .han_faces import FETCH_HINT, IMAGE_SIZES, TGH_LEVEL_1, TGH_LEVELS_2_3
+from .han_table import default_cache_dir, default_font_dir, han_table
+from .table import HanTable
 
 MIN_IMAGES_PER_CLASS = 2  # a class needs a positive pair
 
