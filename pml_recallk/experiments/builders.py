@@ -196,9 +196,13 @@ def build_datasets(
     _check_split_names(config, [data["train_split"], *wanted])
     channels = input_channels(config) if channels is None else channels
     train_tf = transforms.train_transform(
-        data["image_size"], channels=channels, flip=data["flip"], scale=tuple(data["crop_scale"])
+        data["image_size"],
+        channels=channels,
+        flip=data["flip"],
+        scale=tuple(data["crop_scale"]),
+        **_normalization(config, channels),
     )
-    test_tf = transforms.test_transform(data["image_size"], channels=channels)
+    test_tf = evaluation_transform(config, channels)
     result: dict[str, Dataset] = {}
     if ("train" in wanted or "val" in wanted) and "val" in _available_splits(config):
         result["train"] = TransformedDataset(_load_split(config, data["train_split"]), train_tf)
@@ -217,6 +221,26 @@ def build_datasets(
         if name not in result:
             result[name] = TransformedDataset(_load_split(config, name), test_tf)
     return {name: result[name] for name in wanted}
+
+
+def _normalization(config: Mapping[str, Any], channels: int) -> dict[str, tuple[float, ...] | None]:
+    """``{"mean": ..., "std": ...}`` of ``data.normalize_*`` (None each: the default for ``channels``)."""
+    data = config["data"]
+    if not data["normalize_mean"]:
+        return {"mean": None, "std": None}
+    if len(data["normalize_mean"]) != channels:
+        raise ConfigError(
+            f"data.normalize_mean {data['normalize_mean']} and data.normalize_std {data['normalize_std']} hold "
+            f"{len(data['normalize_mean'])} values but the model reads {channels}-channel images; give {channels}"
+        )
+    return {"mean": tuple(data["normalize_mean"]), "std": tuple(data["normalize_std"])}
+
+
+def evaluation_transform(config: Mapping[str, Any], channels: int) -> Callable[[Any], torch.Tensor]:
+    """The plain (not augmenting) image → tensor transform of ``config`` for a ``channels``-channel model."""
+    return transforms.test_transform(
+        config["data"]["image_size"], channels=channels, **_normalization(config, channels)
+    )
 
 
 def loader_workers(config: Mapping[str, Any]) -> int:

@@ -137,6 +137,15 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "crop_scale": Field("list[float]", [0.5, 1.0], "RandomResizedCrop area range of the training augmentation"),
         # Off for characters, which a mirror turns into other characters (or none).
         "flip": Field("bool", False, "random horizontal flips in the training augmentation"),
+        # The paper's backbones were pretrained on ImageNet-normalised pixels; other data may want its own statistics.
+        "normalize_mean": Field(
+            "list[float]",
+            [],
+            "per-channel mean taken from [0, 1] pixels ([] = ImageNet's on 3 channels, 0.5 on 1)",
+        ),
+        "normalize_std": Field(
+            "list[float]", [], "per-channel std the pixels are divided by ([] = ImageNet's on 3 channels, 0.5 on 1)"
+        ),
         # ... and the keys each data set declares (its class's config_fields), added below.
     },
     "model": {
@@ -649,6 +658,12 @@ def _validate_data(data: Mapping[str, Any]) -> None:
         )
     if data["split_seed"] < 0:
         raise ConfigError(f"data.split_seed must be at least 0, got {data['split_seed']}")
+    mean, std = data["normalize_mean"], data["normalize_std"]
+    if len(mean) != len(std) or len(mean) not in (0, 1, 3) or any(value <= 0 for value in std):
+        raise ConfigError(
+            f"data.normalize_mean {mean} and data.normalize_std {std} must both be empty (the default) or both hold "
+            "one value per image channel (1 or 3), every std above 0"
+        )
     scale = data["crop_scale"]
     if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
         raise ConfigError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got {scale}")

@@ -43,7 +43,6 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .._checks import check_int
 from .._io import save_npz_atomic, write_json_atomic
 from ..evaluation.knn import ChunkedKNN, drop_self
-from ..models import transforms
 from . import builders
 from .checkpoints import load_checkpoint
 from .config import ConfigError, config_differences, upgrade_config
@@ -125,7 +124,7 @@ def load_split(trained: TrainedModel, split: str) -> Dataset:
     """Split ``split`` of the config's data set with the plain (evaluation) transform, also for ``train``."""
     dataset = builders.build_datasets(trained.config, [split], trained.channels)[split]
     # build_datasets augments "train"; embeddings and retrieval want the same deterministic view of every split.
-    dataset.transform = transforms.test_transform(trained.config["data"]["image_size"], channels=trained.channels)
+    dataset.transform = builders.evaluation_transform(trained.config, trained.channels)
     return dataset
 
 
@@ -359,7 +358,7 @@ def retrieve(
     labels, paths, names = embedded.labels, embedded.paths, class_names(dataset)
     database = torch.from_numpy(embedded.embeddings)
     if query_files:
-        to_tensor = transforms.test_transform(trained.config["data"]["image_size"], channels=trained.channels)
+        to_tensor = builders.evaluation_transform(trained.config, trained.channels)
         batch = torch.stack([to_tensor(image) for image in query_images]).to(trained.device)
         with torch.no_grad():
             query_embeddings = trained.model(batch).float().cpu()

@@ -237,3 +237,36 @@ def test_config_prints_the_new_shape_for_a_csv(tmp_path, capsys):
                                "embedding_reg_weight": 1}  # fmt: skip
     assert printed["miner"] == {"name": "MultiSimilarityMiner", "epsilon": 0.2}
     assert printed["eval"]["k_values"] == [1, 2, 4, 8]
+
+
+def test_normalisation_comes_from_the_config(tmp_path):
+    rows = make_tree(tmp_path / "photos", mode="L")
+    overrides = [f"data.root={json.dumps(str(tmp_path / 'photos'))}", "data.image_size=16"]
+    plain = builders.build_datasets(resolve_config("image_folder", overrides=overrides), ["test"])["test"]
+    custom = resolve_config(
+        "image_folder", overrides=[*overrides, "data.normalize_mean=[0.2]", "data.normalize_std=[0.25]"]
+    )
+    normalised = builders.build_datasets(custom, ["test"])["test"]
+    assert len(rows) and normalised[0][0].shape == (1, 16, 16)
+    # The default for one channel is (x - 0.5) / 0.5; the same pixels x give (x - 0.2) / 0.25 with the config's.
+    pixels = plain[0][0] * 0.5 + 0.5
+    torch.testing.assert_close(normalised[0][0], (pixels - 0.2) / 0.25, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["data.normalize_mean=[0.5]"], "must both be empty"),
+        (["data.normalize_mean=[0.5, 0.5, 0.5]", "data.normalize_std=[0.5, 0.5, 0.5]"], "1-channel images"),
+    ],
+)
+def test_a_normalisation_that_does_not_fit_is_refused(tmp_path, extra, message):
+    from pml_recallk.experiments.config import ConfigError
+
+    make_tree(tmp_path / "photos", mode="L")
+    with pytest.raises(ConfigError, match=message):
+        config = resolve_config(
+            "image_folder",
+            overrides=[f"data.root={json.dumps(str(tmp_path / 'photos'))}", "data.image_size=16", *extra],
+        )
+        builders.build_datasets(config, ["test"])

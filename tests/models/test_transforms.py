@@ -83,3 +83,25 @@ def test_bad_scale():
         train_transform(32, scale=(0.0, 1.0))
     with pytest.raises(ValueError, match="scale"):
         train_transform(32, scale=(0.9, 0.5))
+
+
+@pytest.mark.parametrize("channels, mean, std", [(3, (0.1, 0.2, 0.3), (0.5, 0.25, 2.0)), (1, (0.7,), (0.1,))])
+def test_given_mean_and_std_normalise_each_channel(channels, mean, std):
+    colour = (10, 128, 250)[:channels]
+    image = Image.new("RGB" if channels == 3 else "L", (20, 20), colour if channels == 3 else colour[0])
+    for transform in (
+        test_transform(16, channels, mean, std),
+        train_transform(16, channels, False, (1.0, 1.0), mean, std),
+    ):
+        out = transform(image)
+        for c in range(channels):
+            expected = (colour[c] / 255 - mean[c]) / std[c]
+            torch.testing.assert_close(out[c], torch.full((16, 16), expected), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "mean, std", [((0.5,), (0.5, 0.5, 0.5)), ((0.5, 0.5), (0.5, 0.5)), ((0.5,) * 3, (0.5, 0.0, 1.0))]
+)
+def test_a_mean_or_std_that_does_not_fit_the_channels_is_refused(mean, std):
+    with pytest.raises(ValueError, match="one value per channel"):
+        test_transform(16, 3, mean, std)
