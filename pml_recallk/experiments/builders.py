@@ -228,7 +228,7 @@ def build_model(config: Mapping[str, Any], channels: int | None = None) -> torch
         kwargs.update(in_channels=channels or input_channels(config), width=model["width"], norm=model["norm"])
     else:
         kwargs["pretrained_path"] = model["pretrained_path"] or None
-        if model["name"] == "resnet50":
+        if model["name"] == "resnet50" or model["name"].startswith("mobilenet_v2"):
             kwargs["freeze_batchnorm"] = config["train"]["freeze_batchnorm"]
     try:
         return build_named_model(model["name"], **kwargs)

@@ -119,7 +119,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "model": {
         "name": Field("str", "small_cnn", "embedding network", choices=MODELS),
         "embedding_size": Field("int", 128, "size of the L2-normalised embedding", minimum=1),
-        "pretrained_path": Field("str", "", 'local backbone weights for resnet50/vit_* ("" = random init)'),
+        "pretrained_path": Field("str", "", 'local backbone weights for resnet50/vit_*/mobilenet_v2* ("" = random)'),
         "init_checkpoint": Field(
             "str", "", 'start from these weights: a pml-recallk checkpoint or a state_dict file ("" = none)'
         ),
