@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ def _load_converter():
     path = REPO / "benchmarks/icons/convert_mobilenet_v2.py"
     spec = importlib.util.spec_from_file_location("convert_mobilenet_v2", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and worker processes look the module up by name
     spec.loader.exec_module(module)
     return module
 
