@@ -21,11 +21,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[48, 64, 96, 128])
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}")
-    for last_block in (13, None):
+    for last_block in (10, 13, None):
         model = MobileNetV2Embedder(embedding_size=128, last_block=last_block)
         for size in args.sizes:
             images = torch.randn(args.batch, 3, size, size)
