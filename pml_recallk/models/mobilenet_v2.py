@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import EmbeddingHead
+from .heads import EmbeddingHead, freeze_batchnorm_statistics
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 from .weights import load_backbone_weights
 
@@ -157,9 +157,7 @@ class MobileNetV2Embedder(nn.Module):
     def train(self, mode: bool = True) -> MobileNetV2Embedder:
         super().train(mode)
         if self.freeze_batchnorm:
-            for module in self.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+            freeze_batchnorm_statistics(self)
         return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
