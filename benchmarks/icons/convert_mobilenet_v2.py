@@ -104,8 +104,11 @@ def main() -> None:
     state = to_state_dict(read_keras_weights(args.nsfwjs))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, args.output)
-    digest = hashlib.sha256(args.output.read_bytes()).hexdigest()
-    print(f"wrote {args.output}: {len(state)} tensors, sha256 {digest}")
+    # Of the tensors' values in name order, not of the file: torch.save's zip records the file's name.
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode() + state[name].numpy().tobytes())
+    print(f"wrote {args.output}: {len(state)} tensors, sha256 of the values {digest.hexdigest()}")
 
 
 if __name__ == "__main__":
