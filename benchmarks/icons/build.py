@@ -212,15 +212,16 @@ class ConceptTask:
     dedup_threshold: float
 
 
-def choose_images(task: ConceptTask) -> tuple[str, list[tuple[str, str, str, bytes]]]:
+def choose_images(task: ConceptTask) -> tuple[str, list[tuple[str, str, str, bytes]], dict[str, int]]:
     """Draw the concept's images: families in a seeded order, in each a seeded order of its candidates; the
     first candidate that is neither blank nor a near-duplicate of an image kept so far is the family's image;
-    stop at ``max_images``. Returns (concept, [(family, set, icon, png)]), the list empty when fewer than
-    ``min_families`` families are left."""
+    stop at ``max_images``. Returns (concept, [(family, set, icon, png)], the number of candidates dropped as
+    "blank" and as "near_duplicate"), the list empty when fewer than ``min_families`` families are left."""
     rng = np.random.default_rng([task.seed, zlib.crc32(task.concept.encode())])
     families = sorted(task.candidates)
     kept_views: list[np.ndarray] = []
     kept: list[tuple[str, str, str, bytes]] = []
+    dropped = {"blank": 0, "near_duplicate": 0}
     for family_index in rng.permutation(len(families)):
         family = families[family_index]
         options = task.candidates[family]
@@ -228,7 +229,11 @@ def choose_images(task: ConceptTask) -> tuple[str, list[tuple[str, str, str, byt
             prefix, icon, svg = options[option_index]
             image = render(svg, task.size)
             view = dedup_view(image)
-            if is_blank(view) or is_near_duplicate(view, kept_views, task.dedup_threshold):
+            if is_blank(view):
+                dropped["blank"] += 1
+                continue
+            if is_near_duplicate(view, kept_views, task.dedup_threshold):
+                dropped["near_duplicate"] += 1
                 continue
             kept_views.append(view)
             buffer = io.BytesIO()
@@ -237,7 +242,7 @@ def choose_images(task: ConceptTask) -> tuple[str, list[tuple[str, str, str, byt
             break
         if len(kept) == task.max_images:
             break
-    return task.concept, kept if len(kept) >= task.min_families else []
+    return task.concept, kept if len(kept) >= task.min_families else [], dropped
 
 
 def concept_tasks(sets: Mapping[str, Mapping[str, Any]], rules: Rules, args: argparse.Namespace) -> list[ConceptTask]:
@@ -361,7 +366,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results = list(
             tqdm(pool.imap(choose_images, tasks, chunksize=8), total=len(tasks), desc="concepts", unit="concept")
         )
-    chosen = [(concept, images) for concept, images in results if images]
+    chosen = [(concept, images) for concept, images, _ in results if images]
+    dropped = {reason: sum(counts[reason] for *_, counts in results) for reason in ("blank", "near_duplicate")}
     splits = split_concepts([c for c, _ in chosen], args.seed, args.test_fraction, args.val_fraction)
     args.output.mkdir(parents=True, exist_ok=True)
     written = write_dataset(args.output, chosen, splits, sets)
@@ -376,6 +382,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "sets_used": {p: sets[p]["info"]["license"]["spdx"] for p in sorted(sets)},
         "sets_left_out": excluded,
         "concepts_by_name": len(tasks),
+        "candidates_dropped": dropped,
         **written,
     }
     (args.output / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")

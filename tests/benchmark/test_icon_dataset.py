@@ -74,8 +74,9 @@ def test_near_duplicate_of_a_kept_image_is_dropped():
     square, shifted, cross = (_view32(_png(_svg(body))) for body in (SQUARE, SQUARE_SHIFTED, CROSS))
     assert np.abs(square - shifted).mean() < 0.03  # a near-duplicate pair by the definition
     assert np.abs(square - cross).mean() >= 0.03 and np.abs(shifted - cross).mean() >= 0.03
-    _, kept = build.choose_images(_task(candidates))
+    _, kept, dropped = build.choose_images(_task(candidates))
     families = sorted(family for family, *_ in kept)
+    assert dropped == {"blank": 0, "near_duplicate": 1}
     assert len(kept) == 2 and "fam-c" in families and ("fam-a" in families) != ("fam-b" in families)
 
 
@@ -88,7 +89,7 @@ def _png(svg: str) -> bytes:
 def test_blank_drawing_falls_back_to_the_familys_next_candidate():
     blank = _svg('<path fill="none" stroke="currentColor" d=""/>')
     candidates = {"fam-a": [("a", "thing-1", blank), ("a", "thing-2", _svg(CROSS))]}
-    _, kept = build.choose_images(_task(candidates))
+    _, kept, _ = build.choose_images(_task(candidates))
     assert [(prefix, icon) for _, prefix, icon, _ in kept] == [("a", "thing-2")]
 
 
@@ -96,7 +97,7 @@ def test_too_few_families_drop_the_concept_and_the_cap_holds():
     shapes = [SQUARE, CROSS, CORNER]
     candidates = {f"fam-{i}": [(f"s{i}", "thing", _svg(body))] for i, body in enumerate(shapes)}
     assert build.choose_images(_task(candidates, min_families=4))[1] == []
-    _, kept = build.choose_images(_task(candidates, min_families=1, max_images=2))
+    _, kept, _ = build.choose_images(_task(candidates, min_families=1, max_images=2))
     assert len(kept) == 2 and len({family for family, *_ in kept}) == 2
 
 
