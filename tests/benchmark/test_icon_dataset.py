@@ -3,8 +3,8 @@
 The real slice is 19 single-set npm packages (``bash benchmarks/icons/fetch.sh --small DIR``, ~2 MB of icon
 tarballs): 13 design families, two of them split over two sets (famicons = ion, heroicons-outline/-solid), a
 non-commercial set (ps) and a logo set (brandico) that must be left out. ``PML_RECALLK_ICONS_TEST_NPM=DIR``
-points at it (default ``~/.cache/pml-recallk/icons-small``); the tests on it skip when it is absent, and fail in CI
-(``CI=true``).
+points at it (default ``icons-small`` in the project's cache folder); the tests on it skip when it is absent, and
+fail in CI (``CI=true``).
 """
 
 from __future__ import annotations
@@ -168,7 +168,9 @@ def test_an_images_folder_the_builder_did_not_write_is_left_alone(tmp_path):
 @pytest.fixture(scope="module")
 def slice_folder() -> Path:
     folder = os.environ.get(NPM_ENV)
-    path = Path(folder).expanduser() if folder else Path.home() / ".cache" / "pml-recallk" / "icons-small"
+    # The project's one cache folder ($PML_RECALLK_CACHE, else ~/.cache/pml-recallk), as for the Han fonts.
+    cache = Path(os.environ.get("PML_RECALLK_CACHE") or Path.home() / ".cache" / "pml-recallk").expanduser()
+    path = Path(folder).expanduser() if folder else cache / "icons-small"
     if not any(path.glob("iconify-json-*/package/icons.json")):
         message = f"no icon slice in {path}: run `bash benchmarks/icons/fetch.sh --small DIR` and set {NPM_ENV}=DIR"
         if os.environ.get("CI", "").lower() == "true":

@@ -1,10 +1,10 @@
 """MobileNetV2Embedder and the nsfwjs weight conversion.
 
 The port is checked against the original: nsfwjs's model run by TF.js (pure JavaScript) in node, on the packages
-``benchmarks/icons/fetch.sh --small DIR`` fetches (``PML_RECALLK_ICONS_TEST_NPM=DIR``; default
-``~/.cache/pml-recallk/icons-small``). Without node or the packages that test is skipped, in CI (``CI=true``) it
-fails. The rest runs anywhere: Keras's padding against a float64 loop, the dequantisation against the formula, the
-cut, the frozen BatchNorm, the weight loading and the registry.
+``benchmarks/icons/fetch.sh --small DIR`` fetches (``PML_RECALLK_ICONS_TEST_NPM=DIR``; default ``icons-small``
+in the project's cache folder). Without node or the packages that test is skipped, in CI (``CI=true``) it fails.
+The rest runs anywhere: Keras's padding against a float64 loop, the dequantisation against the formula, the cut,
+the frozen BatchNorm, the weight loading and the registry.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ convert = _load_converter()
 
 def _npm_folder() -> Path:
     folder = os.environ.get(NPM_ENV)
-    path = Path(folder).expanduser() if folder else Path.home() / ".cache" / "pml-recallk" / "icons-small"
+    # The project's one cache folder ($PML_RECALLK_CACHE, else ~/.cache/pml-recallk), as for the Han fonts.
+    cache = Path(os.environ.get("PML_RECALLK_CACHE") or Path.home() / ".cache" / "pml-recallk").expanduser()
+    path = Path(folder).expanduser() if folder else cache / "icons-small"
     missing = [p for p in ("nsfwjs-4.3.0/package", "tensorflow-tfjs-4.22.0/package") if not (path / p).is_dir()]
     if missing or shutil.which("node") is None:
         message = f"needs node and {missing or 'the packages'} in {path}: run `{FETCH}` and set {NPM_ENV}=DIR"
