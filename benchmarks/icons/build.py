@@ -3,8 +3,9 @@
 Classes are *concepts* (an icon name without style and size tokens: "home", "boxing-glove"); the images of a class
 are that concept drawn by different *design families* (families.toml merges the sets that are versions or
 restylings of one drawing). Per concept: one image per family, drawings pixel-near-identical to one already kept
-are dropped (mean absolute difference < 0.03 on a 32-px grey render), blank renders are dropped, concepts with
-fewer than 6 families left are dropped, and at most 12 families are drawn (seeded). Train, validation and test
+are dropped (mean absolute difference < 0.03 on a 32-px grey render), blank renders are dropped, at most 12
+families are drawn (seeded), a family's drawing that it also filed under an earlier concept name is dropped
+(synonyms), and concepts with fewer than 6 families left are dropped. Train, validation and test
 concepts are disjoint (a seeded split of the concepts); the design families are shared between the splits, as
 photographic style is shared between SOP's or CUB's train and test classes: a test class is new, its drawers are
 not (with ~200 families, keeping them disjoint too would leave too few families per concept).
@@ -266,6 +267,35 @@ def concept_tasks(sets: Mapping[str, Mapping[str, Any]], rules: Rules, args: arg
     ]
 
 
+def drop_synonym_drawings(
+    chosen: list[tuple[str, list[tuple[str, str, str, bytes]]]], threshold: float, min_families: int
+) -> tuple[list[tuple[str, list[tuple[str, str, str, bytes]]]], int]:
+    """Drop a family's drawing from a concept when the same family drew a near-identical one for an earlier concept
+    (sorted by name): one drawing filed under two names ("baby-carriage" and "stroller", "area-chart" and
+    "chart-area") would otherwise be one image in two classes, possibly in two splits. Concepts left with fewer
+    than ``min_families`` images are dropped. Returns (the kept concepts, the number of images dropped)."""
+    by_family: dict[str, list[tuple[str, int, np.ndarray]]] = defaultdict(list)
+    for concept, images in sorted(chosen):
+        for index, (family, _, _, png) in enumerate(images):
+            view = dedup_view(np.asarray(Image.open(io.BytesIO(png)).convert("L")))
+            by_family[family].append((concept, index, view.ravel()))
+    dropped: set[tuple[str, int]] = set()
+    for family in sorted(by_family):
+        entries = by_family[family]
+        views = np.stack([view for _, _, view in entries])
+        for a, (concept, index, view) in enumerate(entries):
+            if (concept, index) in dropped:
+                continue
+            close = np.flatnonzero(np.abs(views[a + 1 :] - view).mean(axis=1) < threshold) + a + 1
+            dropped.update((entries[b][0], entries[b][1]) for b in close)
+    kept = []
+    for concept, images in chosen:
+        remaining = [image for index, image in enumerate(images) if (concept, index) not in dropped]
+        if len(remaining) >= min_families:
+            kept.append((concept, remaining))
+    return kept, len(dropped)
+
+
 def split_concepts(concepts: list[str], seed: int, test_fraction: float, val_fraction: float) -> dict[str, str]:
     """concept → "train" / "val" / "test": a seeded permutation of the sorted concepts; the first
     ``round(test_fraction · n)`` are test, the next ``round(val_fraction · n)`` validation, the rest train."""
@@ -367,6 +397,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             tqdm(pool.imap(choose_images, tasks, chunksize=8), total=len(tasks), desc="concepts", unit="concept")
         )
     chosen = [(concept, images) for concept, images, _ in results if images]
+    chosen, synonym_drawings = drop_synonym_drawings(chosen, args.dedup_threshold, args.min_families)
     dropped = {reason: sum(counts[reason] for *_, counts in results) for reason in ("blank", "near_duplicate")}
     splits = split_concepts([c for c, _ in chosen], args.seed, args.test_fraction, args.val_fraction)
     args.output.mkdir(parents=True, exist_ok=True)
@@ -382,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "sets_used": {p: sets[p]["info"]["license"]["spdx"] for p in sorted(sets)},
         "sets_left_out": excluded,
         "concepts_by_name": len(tasks),
-        "candidates_dropped": dropped,
+        "candidates_dropped": {**dropped, "synonym_drawing": synonym_drawings},
         **written,
     }
     (args.output / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")

@@ -101,6 +101,22 @@ def test_too_few_families_drop_the_concept_and_the_cap_holds():
     assert len(kept) == 2 and len({family for family, *_ in kept}) == 2
 
 
+def test_one_familys_drawing_under_two_names_stays_in_the_first_concept_only():
+    square, shifted, cross, corner = (_png(_svg(body)) for body in (SQUARE, SQUARE_SHIFTED, CROSS, CORNER))
+    chosen = [
+        ("stroller", [("fam-a", "a", "stroller", shifted), ("fam-b", "b", "stroller", cross)]),
+        ("baby-carriage", [("fam-a", "a", "baby-carriage", square), ("fam-c", "c", "baby-carriage", corner)]),
+        ("pram", [("fam-b", "b", "pram", square), ("fam-c", "c", "pram", cross)]),  # other families: kept
+    ]
+    kept, dropped = build.drop_synonym_drawings(chosen, threshold=0.03, min_families=1)
+    assert dropped == 1
+    assert dict(kept)["baby-carriage"] == chosen[1][1]  # first by name keeps its drawing
+    assert dict(kept)["stroller"] == [("fam-b", "b", "stroller", cross)]
+    assert dict(kept)["pram"] == chosen[2][1]
+    kept, _ = build.drop_synonym_drawings(chosen, threshold=0.03, min_families=2)
+    assert [concept for concept, _ in kept] == ["baby-carriage", "pram"]  # stroller fell below the floor
+
+
 def test_flips_and_rotation_follow_iconify():
     # An alias with hFlip is the mirror image of its parent; rotate=1 turns it a quarter clockwise.
     data = {"width": 24, "height": 24, "icons": {"corner": {"body": CORNER}},
@@ -224,6 +240,17 @@ def test_slice_caps_blanks_and_near_duplicates(built):
         for i in range(len(views)):
             for j in range(i):
                 assert np.abs(views[i] - views[j]).mean() >= 0.03, (concept, paths[i].name, paths[j].name)
+
+
+def test_slice_no_family_files_one_drawing_under_two_concepts(built):
+    views_by_family = defaultdict(list)
+    for row in _rows(built, "sources.csv"):
+        views_by_family[row["family"]].append((row["path"].split("/")[1], _view32(built / row["path"])))
+    for family, entries in views_by_family.items():
+        for i in range(len(entries)):
+            for j in range(i):
+                difference = np.abs(entries[i][1] - entries[j][1]).mean()
+                assert difference >= 0.03, (family, entries[i][0], entries[j][0])
 
 
 def test_slice_splits_are_class_disjoint(built):
