@@ -151,7 +151,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "model": {
         "name": Field("str", "small_cnn", "embedding network", choices=MODELS),
         "embedding_size": Field("int", 128, "size of the L2-normalised embedding", minimum=1),
-        "pretrained_path": Field("str", "", 'local backbone weights for resnet50/vit_* ("" = random init)'),
+        "pretrained_path": Field("str", "", 'local backbone weights for resnet50/vit_*/mobilenet_v2* ("" = random)'),
         "init_checkpoint": Field(
             "str", "", 'start from these weights: a pml-recallk checkpoint or a state_dict file ("" = none)'
         ),
@@ -687,6 +687,11 @@ def _validate_model(config: Mapping[str, Mapping[str, Any]]) -> None:
         raise ConfigError(
             f"model.name {config['model']['name']} takes {entry.channels}-channel images but data.channels is "
             f"{config['data']['channels']}; set data.channels=0 (images are converted to what the model takes)"
+        )
+    if entry.imagenet_inputs and config["data"]["normalize_mean"]:
+        raise ConfigError(
+            f"model.name {config['model']['name']} undoes ImageNet's normalisation itself (its weights expect [0, 1] "
+            "pixels); leave data.normalize_mean and data.normalize_std empty"
         )
 
 

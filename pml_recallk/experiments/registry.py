@@ -82,12 +82,15 @@ class ModelEntry:
         input_size: the one image size the network takes (a ViT's patch grid), or None for any.
         channels: the one channel count it takes (3 for ImageNet backbones), or None: the data's.
         train_arguments: ``[train]`` keys it also takes (the ResNet's ``freeze_batchnorm``).
+        imagenet_inputs: the network undoes the default ImageNet normalisation itself (MobileNetV2's weights
+            expect [0, 1] pixels), so ``data.normalize_mean``/``normalize_std`` must stay the default.
     """
 
     arguments: tuple[str, ...]
     input_size: int | None = None
     channels: int | None = None
     train_arguments: tuple[str, ...] = ()
+    imagenet_inputs: bool = False
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -95,6 +98,10 @@ MODELS: dict[str, ModelEntry] = {
     "resnet50": ModelEntry(("pretrained_path",), channels=3, train_arguments=("freeze_batchnorm",)),
     "vit_b16": ModelEntry(("pretrained_path",), input_size=224, channels=3),
     "vit_b32": ModelEntry(("pretrained_path",), input_size=224, channels=3),
+    **{
+        name: ModelEntry(("pretrained_path",), channels=3, train_arguments=("freeze_batchnorm",), imagenet_inputs=True)
+        for name in ("mobilenet_v2", "mobilenet_v2_block13", "mobilenet_v2_block10")
+    },
 }
 if set(MODELS) != set(MODEL_NAMES):  # pragma: no cover - a model added to the library but not here
     raise ImportError(f"registry.MODELS {sorted(MODELS)} must list the models of pml_recallk.models {MODEL_NAMES}")

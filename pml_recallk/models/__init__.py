@@ -11,6 +11,7 @@ _PUBLIC = {
     "SmallConvNet": ".small_cnn",
     "ResNet50GeM": ".resnet",
     "ViTEmbedder": ".vit",
+    "MobileNetV2Embedder": ".mobilenet_v2",
     "GeM": ".heads",
     "EmbeddingHead": ".heads",
     "build_model": ".registry",

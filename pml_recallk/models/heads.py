@@ -70,3 +70,12 @@ class EmbeddingHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.linear(self.norm(features)), dim=-1)
+
+
+def freeze_batchnorm_statistics(model: nn.Module) -> None:
+    """Put every BatchNorm layer of ``model`` in eval mode: its running statistics stop changing (a sample's
+    embedding no longer depends on its batch); its affine weight and bias still train. Call it after
+    ``model.train()``, which would turn them back to training mode."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()

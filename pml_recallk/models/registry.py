@@ -13,6 +13,9 @@ _MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "resnet50": (".resnet", "ResNet50GeM", {}),
     "vit_b16": (".vit", "ViTEmbedder", {"variant": "vit_base_patch16_224"}),
     "vit_b32": (".vit", "ViTEmbedder", {"variant": "vit_base_patch32_224"}),
+    "mobilenet_v2": (".mobilenet_v2", "MobileNetV2Embedder", {"last_block": None}),
+    "mobilenet_v2_block13": (".mobilenet_v2", "MobileNetV2Embedder", {"last_block": 13}),
+    "mobilenet_v2_block10": (".mobilenet_v2", "MobileNetV2Embedder", {"last_block": 10}),
 }
 MODEL_NAMES = tuple(_MODELS)
 
@@ -21,7 +24,9 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build the model called ``name`` with ``kwargs`` passed to its class.
 
     Names: ``"small_cnn"`` (:class:`SmallConvNet`), ``"resnet50"`` (:class:`ResNet50GeM`), ``"vit_b16"`` and
-    ``"vit_b32"`` (:class:`ViTEmbedder` with ``vit_base_patch16_224`` / ``vit_base_patch32_224``).
+    ``"vit_b32"`` (:class:`ViTEmbedder` with ``vit_base_patch16_224`` / ``vit_base_patch32_224``),
+    ``"mobilenet_v2"`` (:class:`MobileNetV2Embedder`, the whole trunk), ``"mobilenet_v2_block13"`` and
+    ``"mobilenet_v2_block10"`` (the trunk cut after block 13 / 10).
 
     Example:
         >>> model = build_model("small_cnn", embedding_size=64, in_channels=3)

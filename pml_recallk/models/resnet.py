@@ -8,7 +8,7 @@ import timm
 import torch
 from torch import nn
 
-from .heads import EmbeddingHead, GeM
+from .heads import EmbeddingHead, GeM, freeze_batchnorm_statistics
 from .weights import load_backbone_weights
 
 
@@ -53,9 +53,7 @@ class ResNet50GeM(nn.Module):
     def train(self, mode: bool = True) -> ResNet50GeM:
         super().train(mode)
         if self.freeze_batchnorm:
-            for module in self.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+            freeze_batchnorm_statistics(self)
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -44,13 +44,16 @@ def _strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return state_dict
 
 
-def load_backbone_weights(backbone: nn.Module, pretrained_path: str | Path) -> None:
+def load_backbone_weights(
+    backbone: nn.Module, pretrained_path: str | Path, skip: Callable[[str], bool] | None = None
+) -> None:
     """Load a local state dict (``.pth``/``.pt``/``.bin`` or ``.safetensors``) into a timm backbone, strictly.
 
     A checkpoint may wrap the weights under ``state_dict``/``model`` and prefix every name with ``module.`` or
     ``backbone.``. The ImageNet classifier's weights (timm's ``pretrained_cfg["classifier"]``, e.g. ``fc`` or
     ``head``) are dropped because the backbone is built without a classifier. Any other missing or unexpected
-    name, or a shape mismatch, raises ValueError listing them.
+    name, or a shape mismatch, raises ValueError listing them. ``skip(name)`` true drops a checkpoint entry the
+    backbone does not have by design (the layers above a trunk's cut).
     """
     path = Path(pretrained_path)
     if not path.is_file():
@@ -63,7 +66,8 @@ def load_backbone_weights(backbone: nn.Module, pretrained_path: str | Path) -> N
     state_dict = {
         key: value
         for key, value in state_dict.items()
-        if key in expected or not any(key.startswith(f"{name}.") for name in classifiers)
+        if key in expected
+        or not (any(key.startswith(f"{name}.") for name in classifiers) or (skip is not None and skip(key)))
     }
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))

@@ -270,3 +270,12 @@ def test_a_normalisation_that_does_not_fit_is_refused(tmp_path, extra, message):
             overrides=[f"data.root={json.dumps(str(tmp_path / 'photos'))}", "data.image_size=16", *extra],
         )
         builders.build_datasets(config, ["test"])
+
+
+def test_a_backbone_that_undoes_imagenet_normalisation_refuses_another():
+    from pml_recallk.experiments.config import ConfigError
+
+    other = ["data.normalize_mean=[0.1, 0.1, 0.1]", "data.normalize_std=[1.0, 1.0, 1.0]"]
+    resolve_config(overrides=['model.name="resnet50"', *other])  # a backbone that takes what it is given
+    with pytest.raises(ConfigError, match="undoes ImageNet's normalisation"):
+        resolve_config(overrides=['model.name="mobilenet_v2_block10"', *other])

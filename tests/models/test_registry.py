@@ -14,7 +14,15 @@ def test_small_cnn_by_name_passes_keyword_arguments():
 
 
 def test_names():
-    assert set(MODEL_NAMES) == {"small_cnn", "resnet50", "vit_b16", "vit_b32"}
+    assert set(MODEL_NAMES) == {
+        "small_cnn",
+        "resnet50",
+        "vit_b16",
+        "vit_b32",
+        "mobilenet_v2",
+        "mobilenet_v2_block13",
+        "mobilenet_v2_block10",
+    }
 
 
 def test_unknown_name_lists_the_known_ones():
@@ -30,7 +38,15 @@ def test_fixed_arguments_cannot_be_overridden():
 
 
 def test_package_exports():
-    for name in ("SmallConvNet", "ResNet50GeM", "ViTEmbedder", "GeM", "build_model", "transforms"):
+    for name in (
+        "SmallConvNet",
+        "ResNet50GeM",
+        "ViTEmbedder",
+        "MobileNetV2Embedder",
+        "GeM",
+        "build_model",
+        "transforms",
+    ):
         assert name in dir(models) and getattr(models, name) is not None
     assert callable(models.transforms.train_transform) and callable(models.transforms.test_transform)
     with pytest.raises(AttributeError):
