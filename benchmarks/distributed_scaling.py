@@ -25,12 +25,12 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
+from pml_recallk.benchmark.harness import MIB, PeakResidentMemory, resident_bytes
+
 RESULTS = Path(__file__).parent / "results" / "distributed_scaling"
-MIB = 2**20
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,31 +48,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for results.json and README.md")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # a rank: write its measurements here
     return parser.parse_args(argv)
-
-
-class PeakRss:
-    """The peak resident set size of this process while the block runs (sampled every millisecond)."""
-
-    def __enter__(self) -> PeakRss:
-        self.start = self.peak = _rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.001):
-            self.peak = max(self.peak, _rss())
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss())
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -122,12 +97,12 @@ def worker(args: argparse.Namespace) -> None:
             torch.cuda.synchronize()
         return float(loss)
 
-    base_rss = _rss()  # model, optimiser and data built: what follows is the step's own memory
+    base_rss = resident_bytes()  # model, optimiser and data built: what follows is the step's own memory
     losses = [step()]  # warm-up
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     seconds = []
-    with PeakRss() as rss:
+    with PeakResidentMemory() as rss:
         for _ in range(args.repeats):
             if world_size > 1:
                 dist.barrier()  # every rank starts the step together

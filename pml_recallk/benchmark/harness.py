@@ -33,6 +33,7 @@ from .._io import replace_atomically, write_json_atomic
 __all__ = [
     "MIB",
     "PeakResidentMemory",
+    "resident_bytes",
     "WorkerFailed",
     "cpu_seconds",
     "current_rss_mb",
@@ -125,16 +126,23 @@ def timed(function: Callable[[], Any]) -> tuple[float, float]:
     return time.thread_time() - cpu, time.perf_counter() - wall
 
 
-class PeakResidentMemory:
-    """The resident set size (bytes) on entry (``before``) and its maximum inside the block (``peak``), sampled
-    every millisecond by a thread: unlike ``ru_maxrss``, it can be measured again for each block of a process.
-    Needs ``psutil``."""
-
-    def __enter__(self) -> PeakResidentMemory:
+def resident_bytes() -> int:
+    """The resident set size of this process now, in bytes (``/proc/self/statm`` on Linux, else ``psutil``)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux
         import psutil
 
-        self._process = psutil.Process()
-        self.before = self.peak = self._process.memory_info().rss
+        return psutil.Process().memory_info().rss
+
+
+class PeakResidentMemory:
+    """The resident set size (bytes) on entry (``before``) and its maximum inside the block (``peak``), sampled
+    every millisecond by a thread: unlike ``ru_maxrss``, it can be measured again for each block of a process."""
+
+    def __enter__(self) -> PeakResidentMemory:
+        self.before = self.peak = resident_bytes()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -142,12 +150,12 @@ class PeakResidentMemory:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.001):
-            self.peak = max(self.peak, self._process.memory_info().rss)
+            self.peak = max(self.peak, resident_bytes())
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
+        self.peak = max(self.peak, resident_bytes())
 
 
 # ------------------------------------------------------------------------------------------------ measures
