@@ -321,7 +321,7 @@ def test_pml_prints_no_missing_embedder_warning(tiny_config, caplog):
     model = builders.build_model(tiny_config)
     loss, miner = builders.build_loss(tiny_config, num_classes=8)
     optimizers = builders.build_optimizers(tiny_config, model, loss)
-    parts = {"model": model, "loss": loss, "miner": miner, "optimizers": optimizers, "scheduler": None}
+    parts = builders.Parts(model=model, loss=loss, miner=miner, optimizers=optimizers, scheduler=None)
     with caplog.at_level(logging.INFO, logger="PML"):
         trainer = builders.build_trainer(tiny_config, parts, train, torch.device("cpu"), 16, 2, print, print)
     assert not [r for r in caplog.records if "missing" in r.getMessage()], caplog.text

@@ -59,18 +59,18 @@ def run_and_record(monkeypatch, config, output, **kwargs) -> list[dict[str, dict
     def record(model_state, loss_state) -> None:
         states.append({"model": copied(model_state), "loss": copied(loss_state)})
 
-    build_parts, save_last = train_module._build_parts, RunCheckpoints.save_last
+    build_setup, save_last = builders.build_setup, RunCheckpoints.save_last
 
-    def recording_build_parts(*args):
-        parts = build_parts(*args)
-        record(parts["model"].state_dict(), parts["loss"].state_dict())
-        return parts
+    def recording_build_setup(*args):
+        setup = build_setup(*args)
+        record(setup.parts.model.state_dict(), setup.parts.loss.state_dict())
+        return setup
 
     def recording_save_last(self, epoch, config, parts, history):
-        record(parts["model"].state_dict(), parts["loss"].state_dict())
+        record(parts.model.state_dict(), parts.loss.state_dict())
         save_last(self, epoch, config, parts, history)
 
-    monkeypatch.setattr(train_module, "_build_parts", recording_build_parts)
+    monkeypatch.setattr(builders, "build_setup", recording_build_setup)
     monkeypatch.setattr(RunCheckpoints, "save_last", recording_save_last)
     run_experiment(config, output, log=quiet, **kwargs)
     return states
@@ -156,7 +156,7 @@ def test_frozen_parameters_get_no_gradient_and_no_weight_decay(optimizer):
     step = builders.build_optimizers(config, model, nn.Identity())["trunk_optimizer"]
     trainer = types.SimpleNamespace(freeze_trunk_batchnorm=False)
     before = copied(dict(model.named_parameters()))
-    with _backbone_frozen(trainer, model):
+    with _backbone_frozen(trainer, model, model.embedding_layer()):
         assert trainer.freeze_trunk_batchnorm  # the trainer's BatchNorm policy (the runs above check the statistics)
         model(torch.randn(4, 1, 16, 16)).sum().backward()
         step.step()
@@ -172,7 +172,7 @@ def test_frozen_parameters_get_no_gradient_and_no_weight_decay(optimizer):
 def test_parameters_frozen_by_the_model_stay_frozen_after_the_warmup():
     model = SmallConvNet(embedding_size=8, in_channels=1, width=4)
     model.features[0].weight.requires_grad_(False)
-    with _backbone_frozen(types.SimpleNamespace(freeze_trunk_batchnorm=False), model):
+    with _backbone_frozen(types.SimpleNamespace(freeze_trunk_batchnorm=False), model, model.embedding_layer()):
         pass
     assert not model.features[0].weight.requires_grad
     assert model.features[1].weight.requires_grad

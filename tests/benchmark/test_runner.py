@@ -17,6 +17,7 @@ from pml_recallk import benchmark
 from pml_recallk.benchmark import UNTRAINED, Arm, Sweep
 from pml_recallk.benchmark import runner as runner_module
 from pml_recallk.experiments import LOSSES, builders, load_checkpoint, resolve_config, run_experiment
+from pml_recallk.experiments.checkpoints import seed_everything
 from pml_recallk.experiments.config import ConfigError
 
 
@@ -104,7 +105,7 @@ def test_untrained_floor_equals_brute_force_recall_and_map_at_r(config, datasets
     spec = runner_module._spec(name, seed, floor_config, datasets)
     result = runner_module.run_arm(spec, floor_config, datasets, tmp_path, log=quiet)
 
-    builders.seed_everything(0, 0)  # the seeding of a run's initial network
+    seed_everything(0, 0)  # the seeding of a run's initial network
     model = builders.build_model(floor_config).eval()
     test = datasets["test"]
     with torch.no_grad():

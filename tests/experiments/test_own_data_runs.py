@@ -216,8 +216,7 @@ def test_stop_on_nan_is_a_config_key_that_reaches_the_trainer():  # K48
     config = resolve_config(overrides=["train.stop_on_nan=false"])
     model = builders.build_model(config)
     loss, miner = builders.build_loss(config, 4)
-    parts = {"model": model, "loss": loss, "miner": miner, "scheduler": None,
-             "optimizers": builders.build_optimizers(config, model, loss)}  # fmt: skip
+    parts = builders.Parts(model, loss, miner, builders.build_optimizers(config, model, loss), scheduler=None)
     data = torch.utils.data.TensorDataset(torch.zeros(8, 1, 32, 32), torch.arange(8) % 2)
     data.labels = np.arange(8) % 2
     trainer = builders.build_trainer(config, parts, data, torch.device("cpu"), 8, 1, lambda t: None, lambda t: True)
