@@ -40,8 +40,9 @@ import contextlib
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from pytorch_metric_learning.utils import logging_presets
 from torch.utils.data import Dataset
 
 from .._io import write_json_atomic
+from ..losses.recall_k_surrogate_loss import NothingToLearnWarning
 from ..trainers.collapse import validation_collapse
 from . import builders, distributed
 from .checkpoints import (
@@ -193,7 +195,8 @@ def run_experiment(
         ``val_curve`` lists the validation metrics per epoch (epoch 0: untrained), ``loss_curve`` ``[iteration, loss]``
         pairs; ``seconds`` is the wall time of every process that worked on the run, ``train_seconds`` that of the
         training steps; ``warnings`` says when validation Recall@1 collapsed
-        (:func:`pml_recallk.trainers.collapse.validation_collapse`).
+        (:func:`pml_recallk.trainers.collapse.validation_collapse`) and when the loss could not learn
+        (:class:`~pml_recallk.losses.recall_k_surrogate_loss.NothingToLearnWarning`).
     """
     started = time.perf_counter()
     output_dir = Path(output_dir)
@@ -323,6 +326,7 @@ class _Run:
     started: float
     elapsed_before: float
     epoch_started: float = 0.0
+    _warnings: list[warnings.WarningMessage] = field(default_factory=list)  # caught this epoch, not yet recorded
 
     def train(self, start_epoch: int) -> None:
         """Train epochs ``start_epoch`` … ``train.epochs`` (fewer if validation stops the run early)."""
@@ -343,10 +347,20 @@ class _Run:
                 self.log(f"epoch {epoch}/{epochs}: warm-up, only the embedding layer and the loss's parameters train")
                 warmup = _backbone_frozen(trainer, parts.model, self.setup.warmup_layer)
             self.log(f"epoch {epoch}/{epochs}: training, {self.setup.iterations} iterations")  # PML's bar: the loss
-            with warmup:
+            with warmup, self._caught_warnings():
                 # DDP (under torchrun) fixes the trainable parameters when it wraps: wrap anew after warm-up changes.
                 trainer.models["trunk"] = distributed.data_parallel(parts.model)
                 trainer.train(start_epoch=epoch, num_epochs=epoch)
+
+    @contextlib.contextmanager
+    def _caught_warnings(self) -> Iterator[None]:
+        """Catch the epoch's warnings: :meth:`on_epoch` records a loss's :class:`NothingToLearnWarning` before
+        last.pt is written; the others are shown as they would have been, at the end of the epoch."""
+        with warnings.catch_warnings(record=True) as self._warnings:
+            yield
+        for w in self._warnings:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+        self._warnings = []
 
     def on_iteration(self, trainer) -> None:
         self.history.loss.append([trainer.get_global_iteration(), float(trainer.losses["total_loss"])])
@@ -356,12 +370,26 @@ class _Run:
     def on_epoch(self, trainer) -> bool:
         """The end-of-epoch hook: validate, save best.pt and last.pt, time it all; then call ``on_checkpoint``."""
         tic, epoch = time.perf_counter(), trainer.epoch
+        self._record_nothing_to_learn(epoch)
         # Under torchrun rank 0 validates and saves while the others wait for its decision to go on.
         keep_going = distributed.from_main(lambda: self._validate_and_save(trainer, epoch, tic))
         self.history.stopped_early = not keep_going
         self.history.epochs_run = epoch
         self.on_checkpoint(epoch)
         return keep_going
+
+    def _record_nothing_to_learn(self, epoch: int) -> None:
+        """Say once, in the log and in the results, that the loss cannot learn (RS@k: no positive pair in any batch,
+        K44; every k at least the batch, K45): its loss curve is 0 while validation still moves (BatchNorm)."""
+        caught, self._warnings = self._warnings, []
+        for warning in caught:
+            if not issubclass(warning.category, NothingToLearnWarning):
+                self._warnings.append(warning)
+                continue
+            message = str(warning.message)
+            if not any(recorded.endswith(f": {message}") for recorded in self.history.warnings):  # once, resumed too
+                self.history.warnings.append(f"epoch {epoch}: {message}")
+                self.log(f"warning: epoch {epoch}: {message}")
 
     def _validate_and_save(self, trainer, epoch: int, tic: float) -> bool:
         config, history = self.setup.config, self.history
