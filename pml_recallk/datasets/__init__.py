@@ -16,7 +16,8 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from importlib import import_module
+
+from .._lazy import lazy_names
 
 _PUBLIC = {
     "CUB200": ".cub200",
@@ -91,14 +92,5 @@ def recall_k_values(name: str) -> tuple[int, ...]:
     return tuple(dataset_class(name).recall_k_values)
 
 
-def __getattr__(name: str):
-    # Lazy, so that importing one dataset does not need the dependencies of the others (e.g. matplotlib).
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'pml_recallk.datasets' has no attribute {name!r}")
-    value = getattr(import_module(_PUBLIC[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+# Lazy, so that importing one dataset does not need the dependencies of the others (e.g. matplotlib).
+__getattr__, __dir__ = lazy_names(globals(), _PUBLIC)
