@@ -5,6 +5,9 @@
   arm and seed) and the command line (``pml-recallk benchmark``, ``python benchmarks/run.py``);
 * :mod:`.report`: the table (mean ± std over seeds of Recall@k and MAP@R), per-seed CSV and plots.
 
+Not the repository's ``benchmarks/`` folder (scripts and their committed results, not installed), whose
+``run.py`` is this package's command.
+
 The losses and their settings are the experiments' registry (:data:`LOSSES`, :func:`register_loss`), so that
 ``pml-recallk train --set loss.name=multi_similarity`` and a benchmark arm build the same loss.
 
