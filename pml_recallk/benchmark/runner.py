@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import multiprocessing
 import os
 import pickle
@@ -35,6 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._io import write_json_atomic
+from .._log import log_to_stderr
 from ..experiments import builders, distributed
 from ..experiments.checkpoints import LOCK_FILE, disk_full_is_one_line, output_dir_lock
 from ..experiments.config import DATASETS, RUNTIME_KEYS, ConfigError, upgrade_config
@@ -49,8 +51,8 @@ __all__ = ["build_parser", "main", "planned_config", "run_arm", "run_sweep"]
 Log = Callable[[str], None]
 
 
-def _log_to_stderr(message: str) -> None:
-    print(f"pml-recallk benchmark: {message}", file=sys.stderr, flush=True)
+# Progress at INFO on the package's logger (pml_recallk/_log.py): main prints it as "pml-recallk benchmark: ..." lines.
+_log_info: Log = logging.getLogger(__name__).info
 
 
 # -------------------------------------------------------------------------------------------------- data
@@ -152,7 +154,7 @@ def run_arm(
     config: Mapping[str, Any],
     datasets: Mapping[str, Dataset],
     run_dir: str | Path,
-    log: Log = _log_to_stderr,
+    log: Log = _log_info,
     command: str | None = None,
 ) -> dict[str, Any]:
     """Train (or, for a floor, only evaluate) one (arm, seed); write and return ``run_dir/result.json``.
@@ -341,7 +343,7 @@ def run_sweep(
     sweep: Sweep,
     output_dir: str | Path,
     datasets: Mapping[str, Dataset] | None = None,
-    log: Log = _log_to_stderr,
+    log: Log = _log_info,
     command: str | None = None,
     jobs: int = 1,
 ) -> list[dict[str, Any]]:
@@ -498,6 +500,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "pml-recallk benchmark")
     ``prog`` is how the command was called, as written at the top of the report.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    log_to_stderr("pml-recallk")  # the notes of the library (e.g. a data.num_workers cap)
+    log_to_stderr("pml-recallk benchmark", __name__)  # the sweep's progress
     try:
         args = build_parser(prog).parse_args(argv)
     except SystemExit as exit_:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -237,7 +237,9 @@ def loader_workers(config: Mapping[str, Any]) -> int:
 
 @functools.cache
 def _note_worker_cap(wanted: int, available: int) -> None:
-    print(f"pml-recallk: data.num_workers = {wanted} lowered to {available}, the CPUs of this machine", file=sys.stderr)
+    logging.getLogger(__name__).warning(
+        "data.num_workers = %d lowered to %d, the CPUs of this machine", wanted, available
+    )
 
 
 def batch_size_of(config: Mapping[str, Any], num_classes: int) -> int:

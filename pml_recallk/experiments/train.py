@@ -37,8 +37,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -72,8 +72,8 @@ __all__ = ["check_output_dir", "embed_and_evaluate", "evaluate_checkpoint", "eva
 Log = Callable[[str], None]
 
 
-def _log_to_stderr(message: str) -> None:
-    print(f"pml-recallk: {message}", file=sys.stderr, flush=True)
+# Progress at INFO on the package's logger (pml_recallk/_log.py): the command prints it as "pml-recallk: ..." lines.
+_log_info: Log = logging.getLogger(__name__).info
 
 
 # -------------------------------------------------------------------------------------------- evaluation
@@ -169,7 +169,7 @@ def run_experiment(
     config: Mapping[str, Any],
     output_dir: str | Path,
     resume: bool = False,
-    log: Log = _log_to_stderr,
+    log: Log = _log_info,
     datasets: Mapping[str, Dataset] | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
@@ -181,7 +181,7 @@ def run_experiment(
         resume: continue the run in ``output_dir`` from ``checkpoints/last.pt`` (a fresh start if there is
             none). Only :data:`~pml_recallk.experiments.config.RESUMABLE_KEYS` may differ from the saved config,
             and ``train.epochs`` may not be below the epochs already run.
-        log: receives one-line progress messages.
+        log: receives one-line progress messages (default: the ``pml_recallk`` logger at INFO).
         datasets: ``{"train", "val", <test splits>}`` to use instead of :func:`.builders.build_datasets`.
         on_checkpoint: called with the epoch right after each epoch's ``last.pt`` is written (e.g. a test that
             interrupts the run there by raising).
@@ -500,7 +500,7 @@ def evaluate_checkpoint(
     checkpoint: str | Path,
     config: Mapping[str, Any] | None = None,
     splits: list[str] | None = None,
-    log: Log = _log_to_stderr,
+    log: Log = _log_info,
 ) -> dict[str, dict[str, float]]:
     """Recall@k of the model saved in ``checkpoint`` (``best.pt``/``last.pt``, or a run folder).
 
