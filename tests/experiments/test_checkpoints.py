@@ -32,26 +32,14 @@ from pml_recallk.experiments.checkpoints import (
 from pml_recallk.experiments.config import ConfigError
 from pml_recallk.experiments.train import run_experiment
 
-TINY = [
-    "data.image_size=16",
-    "data.max_classes=10",
-    "data.batch_size=16",
-    "train.iterations_per_epoch=2",
-    "train.epochs=2",
-    "eval.batch_size=64",
-    "model.width=4",
-    "model.embedding_size=16",
-]
-
 
 def quiet(message: str) -> None:
     pass
 
 
 @pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("glyph-cache")
-    return resolve_config(overrides=[*TINY, f"data.glyphs_cache_dir={json.dumps(str(cache))}"])
+def tiny_config(tiny_overrides):
+    return resolve_config(overrides=[*tiny_overrides, "train.epochs=2"])
 
 
 def _parts(seed: int = 0, model: torch.nn.Module | None = None) -> Parts:
