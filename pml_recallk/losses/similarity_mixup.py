@@ -12,7 +12,7 @@ from pytorch_metric_learning.losses import BaseLossWrapper
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
-from .._checks import check_embeddings, check_labels, check_positive_int
+from .._checks import check_choice, check_embeddings, check_labels, check_positive_int
 from .recall_k_surrogate_loss import RecallKSurrogateLoss, float_embeddings, loss_precision
 
 QUERIES_AND_DATABASE, DATABASE_ONLY = "queries_and_database", "database_only"
@@ -255,8 +255,4 @@ def _check_alpha_range(alpha_range) -> tuple[float, float]:
 
 
 def _check_mode(mode) -> str:
-    if not isinstance(mode, str):
-        raise TypeError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    return mode
+    return check_choice(mode, MODES, "mode")

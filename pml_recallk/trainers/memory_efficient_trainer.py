@@ -12,7 +12,7 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .._checks import check_bool, check_positive_int
+from .._checks import check_bool, check_choice, check_positive_int
 from .gradient_cache import NonFiniteStepWarning, cached_backward, check_amp_supported
 
 BATCHNORM_POLICIES = ("freeze", "chunk_statistics")
@@ -229,11 +229,7 @@ class _EmbeddingModel(nn.Module):
 
 
 def _check_batchnorm(policy) -> str:
-    if not isinstance(policy, str):
-        raise TypeError(f"batchnorm must be one of {BATCHNORM_POLICIES}; got {policy!r}")
-    if policy not in BATCHNORM_POLICIES:
-        raise ValueError(f"batchnorm must be one of {BATCHNORM_POLICIES}; got {policy!r}")
-    return policy
+    return check_choice(policy, BATCHNORM_POLICIES, "batchnorm")
 
 
 def _set_batchnorm_to_eval(module: nn.Module) -> None:
