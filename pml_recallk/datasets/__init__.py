@@ -19,16 +19,20 @@ from collections.abc import Iterator, Mapping
 
 from .._lazy import lazy_names
 
+# Short name → (class name, module): the one list of data sets. Each class is imported when first used.
+_DATASETS = {
+    "glyphs": ("Glyphs", ".glyphs.latin"),
+    "han_glyphs": ("HanGlyphs", ".glyphs.han"),
+    "cub": ("CUB200", ".cub200"),
+    "cars196": ("Cars196", ".cars196"),
+    "sop": ("StanfordOnlineProducts", ".stanford_online_products"),
+    "inaturalist": ("INaturalist2018", ".inaturalist"),
+    "vehicleid": ("VehicleID", ".vehicle_id"),
+    "image_folder": ("ImageFolder", ".generic"),
+    "csv": ("CsvImages", ".generic"),
+}
 _PUBLIC = {
-    "CUB200": ".cub200",
-    "Cars196": ".cars196",
-    "StanfordOnlineProducts": ".stanford_online_products",
-    "INaturalist2018": ".inaturalist",
-    "VehicleID": ".vehicle_id",
-    "Glyphs": ".glyphs.latin",
-    "HanGlyphs": ".glyphs.han",
-    "ImageFolder": ".generic",
-    "CsvImages": ".generic",
+    **dict(_DATASETS.values()),
     "ConfigurableDataset": ".common",
     "class_disjoint_split": ".common",
     "load_image": ".images",
@@ -55,24 +59,12 @@ class _DatasetClasses(Mapping):
         return "{" + ", ".join(f"{k!r}: {v}" for k, v in self._class_names.items()) + "}"
 
 
-DATASET_CLASSES: Mapping[str, type] = _DatasetClasses(
-    {
-        "glyphs": "Glyphs",
-        "han_glyphs": "HanGlyphs",
-        "cub": "CUB200",
-        "cars196": "Cars196",
-        "sop": "StanfordOnlineProducts",
-        "inaturalist": "INaturalist2018",
-        "vehicleid": "VehicleID",
-        "image_folder": "ImageFolder",
-        "csv": "CsvImages",
-    }
-)
+DATASET_CLASSES: Mapping[str, type] = _DatasetClasses({name: class_name for name, (class_name, _) in _DATASETS.items()})
 """The short name of every data set and its class: the one list of data sets.
 
 Each class is a :class:`~.common.ConfigurableDataset`: it declares its splits, Recall@k preset, channels, whether it
 needs ``data.root``, its own ``[data]`` keys and how it is built from the ``[data]`` table, so that adding a data set
-is its own file and one line here (its class name, imported when first used)."""
+is its own file and one line of ``_DATASETS`` here (its class and module, imported when first used)."""
 
 __all__ = sorted([*_PUBLIC, "DATASET_CLASSES", "dataset_class", "recall_k_values"])
 

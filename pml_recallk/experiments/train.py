@@ -3,9 +3,10 @@
 :func:`run_experiment` is what ``pml-recallk train`` runs and what the benchmark runner calls for every arm:
 
 1. check the output folder can be written, load every split (the loaders check their files) and build the
-   model (from ``model.init_checkpoint`` when set), loss and optimisers (:mod:`.builders`) — all before
-   anything is written;
-2. evaluate the untrained model on the test and validation splits;
+   model (from ``model.init_checkpoint`` when set), loss, optimisers, testers and trainer, each from its own table
+   of the config (:func:`.builders.build_setup` → :class:`.builders.Setup`) — all before anything is written;
+2. evaluate the untrained model on the test and validation splits (what the run records is a
+   :class:`.checkpoints.History`, kept in ``last.pt``);
 3. train with :class:`~pml_recallk.MemoryEfficientTrainer` on class-balanced batches
    (:class:`~pml_recallk.samplers.DistributedMPerClassSampler`, drawn from ``(train.seed, epoch)``; the first
    ``train.warmup_epochs`` train only the model's embedding layer and the loss's parameters), validating every
