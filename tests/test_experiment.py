@@ -20,7 +20,7 @@ from pytorch_metric_learning.trainers import base_trainer
 
 from pml_recallk.experiments import builders, resolve_config
 from pml_recallk.experiments.builders import build_datasets
-from pml_recallk.experiments.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
+from pml_recallk.experiments.checkpoints import CHECKPOINT_FORMAT, Parts, load_checkpoint
 from pml_recallk.experiments.config import ConfigError
 from pml_recallk.experiments.plots import recall_axis_limits
 from pml_recallk.experiments.train import evaluate_checkpoint, run_experiment
@@ -305,7 +305,7 @@ def test_pml_prints_no_missing_embedder_warning(tiny_config, caplog):
     model = builders.build_model(tiny_config)
     loss, miner = builders.build_loss(tiny_config, num_classes=8)
     optimizers = builders.build_optimizers(tiny_config, model, loss)
-    parts = builders.Parts(model=model, loss=loss, miner=miner, optimizers=optimizers, scheduler=None)
+    parts = Parts(model=model, loss=loss, miner=miner, optimizers=optimizers, scheduler=None)
     with caplog.at_level(logging.INFO, logger="PML"):
         trainer = builders.build_trainer(tiny_config, parts, train, torch.device("cpu"), 16, 2, print, print)
     assert not [r for r in caplog.records if "missing" in r.getMessage()], caplog.text

@@ -39,14 +39,13 @@ from ..samplers import DistributedMPerClassSampler, SeededItems
 from ..trainers import MemoryEfficientTrainer
 from ..trainers.collapse import CollapseMonitor
 from . import distributed
-from .checkpoints import load_init_weights, seed_everything
+from .checkpoints import Parts, load_init_weights, seed_everything
 from .config import ConfigError
 from .metrics import MAP_AT_R
 from .registry import MODELS, build_loss_and_miner, dataset_class, loss_entry
 
 __all__ = [
     "MAP_AT_R",
-    "Parts",
     "Setup",
     "TransformedDataset",
     "batch_size_of",
@@ -56,6 +55,7 @@ __all__ = [
     "build_loss",
     "build_model",
     "build_optimizers",
+    "build_parts",
     "build_scheduler",
     "build_setup",
     "build_tester",
@@ -465,25 +465,13 @@ def build_trainer(
 # ------------------------------------------------------------------------------------------------- a run
 
 
-@dataclass(frozen=True)
-class Parts:
-    """What trains and what ``last.pt`` saves of it: the model, the loss (and its miner, or None), the optimisers
-    by PML's names (``trunk_optimizer``, ``metric_loss_optimizer`` for a loss with parameters) and the lr schedule
-    (None without ``train.lr_milestones``)."""
-
-    model: torch.nn.Module
-    loss: torch.nn.Module
-    miner: torch.nn.Module | None
-    optimizers: dict[str, torch.optim.Optimizer]
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None
-
-    @classmethod
-    def build(cls, config: Mapping[str, Any], model: torch.nn.Module, num_classes: int, device) -> Parts:
-        """The loss, optimisers and schedule of ``config`` for ``model`` (on ``device``)."""
-        loss, miner = build_loss(config, num_classes)
-        loss = loss.to(device)
-        optimizers = build_optimizers(config, model, loss)
-        return cls(model, loss, miner, optimizers, build_scheduler(config, optimizers["trunk_optimizer"]))
+def build_parts(config: Mapping[str, Any], model: torch.nn.Module, num_classes: int, device) -> Parts:
+    """The :class:`~.checkpoints.Parts` of ``config`` for ``model``: its loss (on ``device``), optimisers and
+    schedule."""
+    loss, miner = build_loss(config, num_classes)
+    loss = loss.to(device)
+    optimizers = build_optimizers(config, model, loss)
+    return Parts(model, loss, miner, optimizers, build_scheduler(config, optimizers["trunk_optimizer"]))
 
 
 @dataclass(frozen=True)
@@ -540,7 +528,7 @@ def build_setup(config: Mapping[str, Any], datasets: Mapping[str, Dataset] | Non
     num_classes = len(np.unique(train_set.labels))
     batch_size = batch_size_of(config, num_classes)
     iterations = iterations_of(config, len(train_set), batch_size)
-    parts = Parts.build(config, model, num_classes, device)
+    parts = build_parts(config, model, num_classes, device)
     # A model without an embedding layer is refused with warm-up epochs, before the output folder is made.
     warmup_layer = _embedding_layer(model) if config["train"]["warmup_epochs"] else None
     return Setup(

@@ -6,7 +6,8 @@ written and read back, and the lock that keeps two live processes out of one fol
   if it had not stopped: the epoch, the config, the model, optimiser, scheduler and loss states, the generator
   states and the history of the run. ``best.pt`` (written when validation improves) holds the epoch, the config,
   the model and its validation metrics. Each is a dict with ``"format": CHECKPOINT_FORMAT``. It saves from and
-  restores into the run's own types: :class:`~pml_recallk.experiments.builders.Parts` and :class:`History`.
+  restores into the run's own types: :class:`Parts` (built by :func:`~pml_recallk.experiments.builders.build_parts`)
+  and :class:`History`.
 * :func:`seed_everything` seeds every generator from ``(train.seed, epoch)`` at the start of each epoch: with the
   generator states ``last.pt`` holds, this is what makes a resumed run end bitwise equal to an uninterrupted one.
 * :func:`output_dir_lock` holds ``<output>/.pml-recallk.lock`` for the life of a run (see :mod:`pml_recallk._io`).
@@ -31,7 +32,7 @@ import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,12 +40,10 @@ import torch
 from .._io import DiskFullError, FolderLockedError, folder_lock, save_torch_atomic
 from .config import ConfigError
 
-if TYPE_CHECKING:  # builders imports this module (for the init weights and the seeding)
-    from .builders import Parts
-
 __all__ = [
     "CHECKPOINT_FORMAT",
     "History",
+    "Parts",
     "RunCheckpoints",
     "disk_full_is_one_line",
     "get_rng_state",
@@ -62,6 +61,19 @@ LOCK_FILE = ".pml-recallk.lock"
 # What last.pt holds besides the format tag; a file without one of them cannot be resumed.
 LAST_ENTRIES = ("epoch", "config", "model", "optimizers", "lr_scheduler", "loss", "rng", "history")
 _RNG_ENTRIES = ("python", "numpy", "torch", "cuda")
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What trains and what ``last.pt`` saves of it: the model, the loss (and its miner, or None), the optimisers
+    by PML's names (``trunk_optimizer``, ``metric_loss_optimizer`` for a loss with parameters) and the lr schedule
+    (None without ``train.lr_milestones``)."""
+
+    model: torch.nn.Module
+    loss: torch.nn.Module
+    miner: torch.nn.Module | None
+    optimizers: dict[str, torch.optim.Optimizer]
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
 
 
 @dataclass

@@ -19,11 +19,11 @@ import torch
 import pml_recallk.experiments.config as experiments_config
 from pml_recallk import _io
 from pml_recallk.experiments import resolve_config
-from pml_recallk.experiments.builders import Parts
 from pml_recallk.experiments.checkpoints import (
     CHECKPOINT_FORMAT,
     LAST_ENTRIES,
     History,
+    Parts,
     RunCheckpoints,
     load_checkpoint,
     output_dir_lock,
