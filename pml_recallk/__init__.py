@@ -8,7 +8,7 @@ Imports are lazy, so ``import pml_recallk`` does not pull in torchvision, timm o
 needs them is used.
 """
 
-from importlib import import_module
+from ._lazy import lazy_names
 
 __version__ = "0.2.0"
 
@@ -27,14 +27,4 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC) + ["__version__"]
 
 
-def __getattr__(name: str):
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'pml_recallk' has no attribute {name!r}")
-    module = import_module(_PUBLIC[name])
-    value = module if module.__name__.endswith("." + name) else getattr(module, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_names(globals(), _PUBLIC)

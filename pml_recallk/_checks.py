@@ -130,6 +130,15 @@ def check_labels(labels: Any, name: str, *, length: int | None = None, length_of
         raise ValueError(f"{name} has {len(labels)} entries but {length_of} has {length}; give one label per row")
 
 
+def check_choice(value: Any, choices: Sequence[str], name: str) -> str:
+    """One of the names ``choices`` (a TypeError for what is not a string, a ValueError for another string)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {tuple(choices)}, got {value!r} ({type(value).__name__})")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
 def check_fraction(value: Any, name: str) -> float:
     """A real number strictly between 0 and 1 (the share of classes or families held out for testing)."""
     value = check_real(value, name)

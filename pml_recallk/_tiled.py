@@ -111,14 +111,14 @@ class DenseSoftRanks(torch.autograd.Function):
         ranks = tile_ranks(sim, positive_index, excluded, rank_temperature, chunk_size, kernel)
         ranks.masked_fill_(~positive_valid, 0.0)
         ctx.save_for_backward(sim, positive_index, positive_valid, excluded)
-        ctx.settings = rank_temperature, chunk_size, kernel
+        ctx.tiling = rank_temperature, chunk_size, kernel
         return ranks
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_ranks):
         sim, positive_index, positive_valid, excluded = ctx.saved_tensors
-        tau, chunk_size, kernel = ctx.settings
+        tau, chunk_size, kernel = ctx.tiling
         weight = grad_ranks.masked_fill(~positive_valid, 0.0) / tau
         grad_sim = tile_rank_grad(sim, positive_index, excluded, weight, tau, chunk_size, kernel)
         return grad_sim, None, None, None, None, None, None
@@ -132,8 +132,8 @@ class TiledSoftRanks(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, query_emb, database_emb, positive_index, positive_valid, excluded, settings):
-        tau, tile_size, chunk_size, kernel = settings
+    def forward(ctx, query_emb, database_emb, positive_index, positive_valid, excluded, tiling):
+        tau, tile_size, chunk_size, kernel = tiling
         ranks = query_emb.new_empty(positive_index.shape)
         keep = len(query_emb) * len(database_emb) <= _budget(_CACHE_ELEMENTS, query_emb.device)
         ctx.tiles = []
@@ -147,14 +147,14 @@ class TiledSoftRanks(torch.autograd.Function):
                     ctx.tiles.append(sim)
         ranks.masked_fill_(~positive_valid, 0.0)
         ctx.save_for_backward(query_emb, database_emb, positive_index, positive_valid, excluded)
-        ctx.settings = settings
+        ctx.tiling = tiling
         return ranks
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_ranks):
         query_emb, database_emb, positive_index, positive_valid, excluded = ctx.saved_tensors
-        tau, tile_size, chunk_size, kernel = ctx.settings
+        tau, tile_size, chunk_size, kernel = ctx.tiling
         weight = grad_ranks.masked_fill(~positive_valid, 0.0) / tau
         grad_query = torch.empty_like(query_emb) if ctx.needs_input_grad[0] else None
         grad_database = torch.zeros_like(database_emb) if ctx.needs_input_grad[1] else None

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import benchmark, experiments  # lazy packages: torch's trainer stack loads when a command needs it
+from ._log import log_to_stderr
 from .datasets import DATASET_CLASSES  # the names only: this import loads no torch
 
 # Modules of the `cli` extra (pip install "pml-recallk[cli]") that every command needs, by import name.
@@ -395,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser().parse_args(argv)  # only the standard library so far: --help answers at once
     except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already printed
         return int(exit_.code or 0)
+    log_to_stderr("pml-recallk")
     missing = missing_cli_extra()
     if missing is not None:
         print(f"pml-recallk: error: {missing}", file=sys.stderr)

@@ -165,8 +165,8 @@ def tiled_soft_ranks(
     tile_size = int(tile_size or default_tile_size(database_size, device))
     if query_chunk_size is None:
         query_chunk_size = default_query_chunk_size(positive_index.shape[1], database_size, device)
-    settings = (float(rank_temperature), tile_size, min(int(query_chunk_size), tile_size), kernel)
-    return TiledSoftRanks.apply(query_emb, database_emb, positive_index, positive_valid, excluded, settings)
+    tiling = (float(rank_temperature), tile_size, min(int(query_chunk_size), tile_size), kernel)
+    return TiledSoftRanks.apply(query_emb, database_emb, positive_index, positive_valid, excluded, tiling)
 
 
 def exact_ranks(

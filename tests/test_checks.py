@@ -101,3 +101,11 @@ def test_labels_guard():
         _checks.check_labels(torch.zeros(2), "y")
     with pytest.raises(ValueError, match="y has 2 entries but ref_emb has 3"):
         _checks.check_labels(torch.tensor([0, 1]), "y", length=3, length_of="ref_emb")
+
+
+def test_choice_returns_a_name_of_the_choices_and_refuses_others_by_type_then_value():
+    assert _checks.check_choice("dense", ("dense", "tiled"), "path") == "dense"
+    with pytest.raises(ValueError, match=r"path must be one of \('dense', 'tiled'\), got 'fast'"):
+        _checks.check_choice("fast", ("dense", "tiled"), "path")
+    with pytest.raises(TypeError, match=r"path must be one of .*got 1 \(int\)"):
+        _checks.check_choice(1, ("dense", "tiled"), "path")

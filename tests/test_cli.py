@@ -34,16 +34,6 @@ else:  # pragma: no cover - Python 3.10
 
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-TINY = [
-    "data.image_size=16",
-    "data.max_classes=10",
-    "data.batch_size=16",
-    "train.iterations_per_epoch=2",
-    "train.epochs=3",
-    "eval.batch_size=64",
-    "model.width=4",
-    "model.embedding_size=16",
-]
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -57,12 +47,8 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def tiny_args(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("glyph-cache")
-    args = []
-    for override in [*TINY, f"data.glyphs_cache_dir={json.dumps(str(cache))}"]:
-        args += ["--set", override]
-    return args
+def tiny_args(tiny_cli_args):
+    return [*tiny_cli_args, "--set", "train.epochs=3"]
 
 
 @pytest.fixture(scope="module")

@@ -20,22 +20,12 @@ from pytorch_metric_learning.trainers import base_trainer
 
 from pml_recallk.experiments import builders, resolve_config
 from pml_recallk.experiments.builders import build_datasets
-from pml_recallk.experiments.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
+from pml_recallk.experiments.checkpoints import CHECKPOINT_FORMAT, Parts, load_checkpoint
 from pml_recallk.experiments.config import ConfigError
 from pml_recallk.experiments.plots import recall_axis_limits
 from pml_recallk.experiments.train import evaluate_checkpoint, run_experiment
 from pml_recallk.losses.recall_k_surrogate_loss import contains_recall_k_surrogate
 
-TINY = [
-    "data.image_size=16",
-    "data.max_classes=10",
-    "data.batch_size=16",
-    "train.iterations_per_epoch=2",
-    "train.epochs=3",
-    "eval.batch_size=64",
-    "model.width=4",
-    "model.embedding_size=16",
-]
 K_VALUES = [1, 2, 4, 8]
 
 
@@ -44,13 +34,8 @@ def quiet(message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def glyph_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("glyph-cache")
-
-
-@pytest.fixture(scope="module")
-def tiny_config(glyph_cache):
-    return resolve_config(overrides=[*TINY, f"data.glyphs_cache_dir={json.dumps(str(glyph_cache))}"])
+def tiny_config(tiny_overrides):
+    return resolve_config(overrides=[*tiny_overrides, "train.epochs=3"])
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +123,12 @@ def test_best_epoch_is_the_first_best_validation_epoch(tiny_run):
     assert load_checkpoint(output)["epoch"] == results["best_epoch"]  # the run folder means best.pt
 
 
-def test_select_by_map_at_r_picks_the_first_epoch_with_the_best_validation_map_at_r(glyph_cache, tmp_path):
+def test_select_by_map_at_r_picks_the_first_epoch_with_the_best_validation_map_at_r(tiny_overrides, tmp_path):
     # Seed 0 of this tiny run has its best validation Recall@1 and its best MAP@R at different epochs (1 and 5 when
     # written), so a selection that ignored eval.select_by would pick another epoch.
     config = resolve_config(
         overrides=[
-            *TINY, "train.epochs=5", "eval.map_at_r=true", 'eval.select_by="mean_average_precision_at_r"',
-            f"data.glyphs_cache_dir={json.dumps(str(glyph_cache))}",
+            *tiny_overrides, "train.epochs=5", "eval.map_at_r=true", 'eval.select_by="mean_average_precision_at_r"',
         ]
     )  # fmt: skip
     results = run_experiment(config, tmp_path, log=quiet)
@@ -321,7 +305,7 @@ def test_pml_prints_no_missing_embedder_warning(tiny_config, caplog):
     model = builders.build_model(tiny_config)
     loss, miner = builders.build_loss(tiny_config, num_classes=8)
     optimizers = builders.build_optimizers(tiny_config, model, loss)
-    parts = {"model": model, "loss": loss, "miner": miner, "optimizers": optimizers, "scheduler": None}
+    parts = Parts(model=model, loss=loss, miner=miner, optimizers=optimizers, scheduler=None)
     with caplog.at_level(logging.INFO, logger="PML"):
         trainer = builders.build_trainer(tiny_config, parts, train, torch.device("cpu"), 16, 2, print, print)
     assert not [r for r in caplog.records if "missing" in r.getMessage()], caplog.text

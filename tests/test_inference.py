@@ -29,23 +29,10 @@ from pml_recallk.experiments.inference import (
     save_retrieval,
 )
 
-TINY = [
-    "data.image_size=16",
-    "data.max_classes=8",
-    "data.batch_size=16",
-    "train.epochs=1",
-    "train.iterations_per_epoch=2",
-    "eval.batch_size=64",
-    "model.width=4",
-    "model.embedding_size=16",
-    "train.device='cpu'",
-]
-
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("glyph-cache")
-    config = resolve_config(overrides=[*TINY, f"data.glyphs_cache_dir={json.dumps(str(cache))}"])
+def run(tiny_overrides, tmp_path_factory):
+    config = resolve_config(overrides=[*tiny_overrides, "data.max_classes=8", "train.epochs=1", "train.device='cpu'"])
     output = tmp_path_factory.mktemp("run")
     run_experiment(config, output, log=lambda message: None)
     return output

@@ -18,6 +18,7 @@ from packaging.utils import canonicalize_name
 
 import pml_recallk
 from pml_recallk import _paths
+from pml_recallk._log import log_to_stderr
 from pml_recallk.cli import CLI_EXTRA_MODULES
 from pml_recallk.experiments import builders, resolve_config
 
@@ -250,6 +251,7 @@ def test_every_cache_is_under_one_folder(tmp_path, monkeypatch):
 
 
 def test_loader_workers_are_capped_at_the_cpus_with_one_line(capsys):
+    log_to_stderr("pml-recallk")  # as the command does: the library's notes are its logger's records
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     asked = cpus + 977  # a number no other test asks for: the notice is printed once per process and number
     assert builders.loader_workers(resolve_config(overrides=[f"data.num_workers={asked}"])) == cpus

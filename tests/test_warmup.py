@@ -7,7 +7,6 @@ epoch; weight decay and train-mode BatchNorm are on, so a frozen backbone that m
 
 from __future__ import annotations
 
-import json
 import types
 
 import pytest
@@ -21,17 +20,8 @@ from pml_recallk.experiments.config import ConfigError, default_config, dumps_to
 from pml_recallk.experiments.train import _backbone_frozen, run_experiment
 from pml_recallk.models import SmallConvNet
 
-TINY = [
-    "data.image_size=16",
-    "data.max_classes=10",
-    "data.batch_size=16",
-    "train.iterations_per_epoch=2",
-    "eval.batch_size=64",
-    "model.width=4",
-    "model.embedding_size=16",
-    "loss.name=proxy_anchor",
-    "train.weight_decay=0.01",
-]
+# A loss with parameters (proxies, their own optimiser) and weight decay, which a frozen backbone must not feel.
+WARMUP_RUN = ["loss.name=proxy_anchor", "train.weight_decay=0.01"]
 HEAD = "linear."  # SmallConvNet's embedding layer in its state_dict
 
 
@@ -43,13 +33,8 @@ class _Crash(Exception):
     """Raised by ``on_checkpoint`` after an epoch's checkpoint, so that a crash can be simulated in this process."""
 
 
-@pytest.fixture(scope="module")
-def glyph_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("glyph-cache")
-
-
-def tiny_config(glyph_cache, *overrides: str):
-    return resolve_config(overrides=[*TINY, f"data.glyphs_cache_dir={json.dumps(str(glyph_cache))}", *overrides])
+def tiny_config(tiny_overrides: list[str], *overrides: str):
+    return resolve_config(overrides=[*tiny_overrides, *WARMUP_RUN, *overrides])
 
 
 def run_and_record(monkeypatch, config, output, **kwargs) -> list[dict[str, dict[str, torch.Tensor]]]:
@@ -59,18 +44,18 @@ def run_and_record(monkeypatch, config, output, **kwargs) -> list[dict[str, dict
     def record(model_state, loss_state) -> None:
         states.append({"model": copied(model_state), "loss": copied(loss_state)})
 
-    build_parts, save_last = train_module._build_parts, RunCheckpoints.save_last
+    build_setup, save_last = builders.build_setup, RunCheckpoints.save_last
 
-    def recording_build_parts(*args):
-        parts = build_parts(*args)
-        record(parts["model"].state_dict(), parts["loss"].state_dict())
-        return parts
+    def recording_build_setup(*args):
+        setup = build_setup(*args)
+        record(setup.parts.model.state_dict(), setup.parts.loss.state_dict())
+        return setup
 
     def recording_save_last(self, epoch, config, parts, history):
-        record(parts["model"].state_dict(), parts["loss"].state_dict())
+        record(parts.model.state_dict(), parts.loss.state_dict())
         save_last(self, epoch, config, parts, history)
 
-    monkeypatch.setattr(train_module, "_build_parts", recording_build_parts)
+    monkeypatch.setattr(builders, "build_setup", recording_build_setup)
     monkeypatch.setattr(RunCheckpoints, "save_last", recording_save_last)
     run_experiment(config, output, log=quiet, **kwargs)
     return states
@@ -86,9 +71,9 @@ def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], bac
 
 
 @pytest.fixture(scope="module")
-def warmed_up(glyph_cache, tmp_path_factory):
+def warmed_up(tiny_overrides, tmp_path_factory):
     """Two warm-up epochs of three, uninterrupted."""
-    config = tiny_config(glyph_cache, "train.epochs=3", "train.warmup_epochs=2")
+    config = tiny_config(tiny_overrides, "train.epochs=3", "train.warmup_epochs=2")
     output = tmp_path_factory.mktemp("warmed-up")
     with pytest.MonkeyPatch.context() as monkeypatch:
         states = run_and_record(monkeypatch, config, output)
@@ -116,12 +101,12 @@ def test_after_the_warmup_the_backbone_trains(warmed_up):
     assert "features.1.running_mean" in moved  # BatchNorm trains again
 
 
-def test_no_warmup_trains_the_backbone_from_the_first_epoch(glyph_cache, tmp_path, monkeypatch):
+def test_no_warmup_trains_the_backbone_from_the_first_epoch(tiny_overrides, tmp_path, monkeypatch):
     def never(*args):
         raise AssertionError("the backbone was frozen without a warm-up")
 
     monkeypatch.setattr(train_module, "_backbone_frozen", never)
-    config = tiny_config(glyph_cache, "train.epochs=1")
+    config = tiny_config(tiny_overrides, "train.epochs=1")
     assert config["train"]["warmup_epochs"] == 0  # the default
     states = run_and_record(monkeypatch, config, tmp_path)
     moved = changed(states[0]["model"], states[1]["model"], backbone=True)
@@ -156,7 +141,7 @@ def test_frozen_parameters_get_no_gradient_and_no_weight_decay(optimizer):
     step = builders.build_optimizers(config, model, nn.Identity())["trunk_optimizer"]
     trainer = types.SimpleNamespace(freeze_trunk_batchnorm=False)
     before = copied(dict(model.named_parameters()))
-    with _backbone_frozen(trainer, model):
+    with _backbone_frozen(trainer, model, model.embedding_layer()):
         assert trainer.freeze_trunk_batchnorm  # the trainer's BatchNorm policy (the runs above check the statistics)
         model(torch.randn(4, 1, 16, 16)).sum().backward()
         step.step()
@@ -172,7 +157,7 @@ def test_frozen_parameters_get_no_gradient_and_no_weight_decay(optimizer):
 def test_parameters_frozen_by_the_model_stay_frozen_after_the_warmup():
     model = SmallConvNet(embedding_size=8, in_channels=1, width=4)
     model.features[0].weight.requires_grad_(False)
-    with _backbone_frozen(types.SimpleNamespace(freeze_trunk_batchnorm=False), model):
+    with _backbone_frozen(types.SimpleNamespace(freeze_trunk_batchnorm=False), model, model.embedding_layer()):
         pass
     assert not model.features[0].weight.requires_grad
     assert model.features[1].weight.requires_grad
@@ -205,10 +190,12 @@ def test_every_model_names_its_final_projection_as_its_embedding_layer(build):
     assert linears[-1].out_features == model.embedding_size
 
 
-def test_a_model_without_an_embedding_layer_is_refused_before_anything_is_written(glyph_cache, tmp_path, monkeypatch):
+def test_a_model_without_an_embedding_layer_is_refused_before_anything_is_written(
+    tiny_overrides, tmp_path, monkeypatch
+):
     build_model = builders.build_model
     monkeypatch.setattr(builders, "build_model", lambda *args: nn.Sequential(build_model(*args)))
-    config = tiny_config(glyph_cache, "train.epochs=2", "train.warmup_epochs=1")
+    config = tiny_config(tiny_overrides, "train.epochs=2", "train.warmup_epochs=1")
     output = tmp_path / "run"
     with pytest.raises(ConfigError, match=r"train\.warmup_epochs .* Sequential names none"):
         run_experiment(config, output, log=quiet)

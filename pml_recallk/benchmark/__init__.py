@@ -5,6 +5,9 @@
   arm and seed) and the command line (``pml-recallk benchmark``, ``python benchmarks/run.py``);
 * :mod:`.report`: the table (mean ± std over seeds of Recall@k and MAP@R), per-seed CSV and plots.
 
+Not the repository's ``benchmarks/`` folder (scripts and their committed results, not installed), whose
+``run.py`` is this package's command.
+
 The losses and their settings are the experiments' registry (:data:`LOSSES`, :func:`register_loss`), so that
 ``pml-recallk train --set loss.name=multi_similarity`` and a benchmark arm build the same loss.
 
@@ -16,7 +19,7 @@ Example (see ``docs/benchmark.md``)::
     run_sweep(sweep, "runs/bench")
 """
 
-from importlib import import_module
+from .._lazy import lazy_names
 
 _PUBLIC = {
     "Arm": ".sweep",
@@ -36,21 +39,9 @@ _PUBLIC = {
     "write_report": ".report",
 }
 # The losses are the experiments' (one registry).
-_REGISTRY = {"LOSSES": "LOSSES", "register_loss": "register_loss", "LossEntry": "LossEntry"}
+_REGISTRY = dict.fromkeys(("LOSSES", "register_loss", "LossEntry"), "pml_recallk.experiments.registry")
 
 __all__ = sorted([*_PUBLIC, *_REGISTRY])
 
 
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        value = getattr(import_module(_PUBLIC[name], __name__), name)
-    elif name in _REGISTRY:
-        value = getattr(import_module("pml_recallk.experiments.registry"), _REGISTRY[name])
-    else:
-        raise AttributeError(f"module 'pml_recallk.benchmark' has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_names(globals(), {**_PUBLIC, **_REGISTRY})

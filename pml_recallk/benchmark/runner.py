@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import multiprocessing
 import os
 import pickle
@@ -35,6 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._io import write_json_atomic
+from .._log import log_to_stderr
 from ..experiments import builders, distributed
 from ..experiments.checkpoints import LOCK_FILE, disk_full_is_one_line, output_dir_lock
 from ..experiments.config import DATASETS, RUNTIME_KEYS, ConfigError, upgrade_config
@@ -49,20 +51,21 @@ __all__ = ["build_parser", "main", "planned_config", "run_arm", "run_sweep"]
 Log = Callable[[str], None]
 
 
-def _log_to_stderr(message: str) -> None:
-    print(f"pml-recallk benchmark: {message}", file=sys.stderr, flush=True)
+# Progress at INFO on the package's logger (pml_recallk/_log.py): main prints it as "pml-recallk benchmark: ..." lines.
+_log_info: Log = logging.getLogger(__name__).info
 
 
 # -------------------------------------------------------------------------------------------------- data
 
 
-class _Data:
-    """The datasets of each distinct ``[data]`` table (arms that change only the model or loss share them)."""
+class _DatasetCache:
+    """The datasets of each distinct ``[data]`` table, built once (arms that change only the model or loss share
+    them); ``given`` datasets serve every config."""
 
     def __init__(self, given: Mapping[str, Dataset] | None):
         self.given, self.cache = given, {}
 
-    def of(self, config: Mapping[str, Any]) -> Mapping[str, Dataset]:
+    def datasets_of(self, config: Mapping[str, Any]) -> Mapping[str, Dataset]:
         if self.given is not None:
             return self.given
         data = {k: v for k, v in config["data"].items() if f"data.{k}" not in RUNTIME_KEYS}
@@ -86,14 +89,14 @@ def _steps_per_epoch(config: Mapping[str, Any], datasets: Mapping[str, Dataset])
     return batch, builders.iterations_of(config, len(train), batch)
 
 
-def planned_config(sweep: Sweep, arm: Arm, seed: int, data: _Data) -> dict[str, dict[str, Any]]:
+def planned_config(sweep: Sweep, arm: Arm, seed: int, data: _DatasetCache) -> dict[str, dict[str, Any]]:
     """The arm's config with its steps per epoch fixed: those of its ``equal_steps`` arm, or from the budget."""
     config = sweep.arm_config(arm, seed)
     if arm.equal_steps:
         reference = sweep.arm_config(sweep.arm(arm.equal_steps), seed)
-        config["train"]["iterations_per_epoch"] = _steps_per_epoch(reference, data.of(reference))[1]
+        config["train"]["iterations_per_epoch"] = _steps_per_epoch(reference, data.datasets_of(reference))[1]
     elif sweep.budget_images and "iterations_per_epoch" not in arm.overrides.get("train", {}):
-        batch, _ = _steps_per_epoch(config, data.of(config))
+        batch, _ = _steps_per_epoch(config, data.datasets_of(config))
         steps = round(sweep.budget_images / (config["train"]["epochs"] * batch))
         config["train"]["iterations_per_epoch"] = max(1, steps)
     return config
@@ -112,10 +115,11 @@ def _stored_spec(result: Mapping[str, Any]) -> dict[str, Any] | None:
     return {**spec, "config": _without_runtime_keys(upgrade_config(spec["config"]))}
 
 
-def _spec(
+def _run_spec(
     name: str, seed: int, config: Mapping[str, Any], datasets: Mapping[str, Dataset], equal_steps: str = ""
 ) -> dict[str, Any]:
-    """Everything that determines the numbers of one run (compared when a finished run is found)."""
+    """Everything that determines the numbers of one run: kept as ``result.json``'s ``spec`` and compared when a
+    finished run is found."""
     spec: dict[str, Any] = {
         "arm": name,
         "seed": seed,
@@ -150,7 +154,7 @@ def run_arm(
     config: Mapping[str, Any],
     datasets: Mapping[str, Dataset],
     run_dir: str | Path,
-    log: Log = _log_to_stderr,
+    log: Log = _log_info,
     command: str | None = None,
 ) -> dict[str, Any]:
     """Train (or, for a floor, only evaluate) one (arm, seed); write and return ``run_dir/result.json``.
@@ -207,7 +211,7 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _planned(sweep: Sweep, data: _Data) -> list[tuple[str, int, dict[str, Any]]]:
+def _planned(sweep: Sweep, data: _DatasetCache) -> list[tuple[str, int, dict[str, Any]]]:
     """``(name, seed, config)`` of every run, floors first; every config is built (and checked) here."""
     plan = [(floor, seed, sweep.floor_config(floor, seed)) for floor in sweep.floors for seed in sweep.seeds]
     plan += [(arm.name, seed, planned_config(sweep, arm, seed, data)) for arm in sweep.arms for seed in sweep.seeds]
@@ -219,7 +223,7 @@ def _finished_message(number: int, total: int, name: str, seed: int, result: Map
             f"{result['train_seconds']:.0f} s training, {result['seconds']:.0f} s in all")  # fmt: skip
 
 
-class _Unfinished(NamedTuple):
+class _PendingRun(NamedTuple):
     """A run of the plan (``number`` counted from 1) that ``run_sweep(jobs > 1)`` hands to a worker process."""
 
     number: int
@@ -260,7 +264,7 @@ def worker_pool(jobs: int) -> ProcessPoolExecutor:
 
 # The datasets a worker process builds itself, once per [data] table, as the parent process built them (so that
 # they are not copied to every worker).
-_WORKER_DATA = _Data(None)
+_WORKER_DATA = _DatasetCache(None)
 
 
 def _run_in_worker(
@@ -268,7 +272,7 @@ def _run_in_worker(
 ) -> dict[str, Any]:
     """:func:`run_arm` in a worker process of ``run_sweep(jobs > 1)``, without a log (the parent logs results)."""
     if pickled_datasets is None:
-        datasets = _WORKER_DATA.of(config)
+        datasets = _WORKER_DATA.datasets_of(config)
     else:
         try:
             datasets = pickle.loads(pickled_datasets)
@@ -280,7 +284,7 @@ def _run_in_worker(
     return run_arm(spec, config, datasets, run_dir, log=lambda message: None, command=command)
 
 
-def _named_failure(run: _Unfinished, error: BaseException) -> Exception:
+def _named_failure(run: _PendingRun, error: BaseException) -> Exception:
     """A worker's failure with the arm and seed in its message; a user mistake stays a ConfigError (one line)."""
     if isinstance(error, ConfigError):
         return ConfigError(f"{run.name} seed {run.seed}: {error}")
@@ -288,7 +292,7 @@ def _named_failure(run: _Unfinished, error: BaseException) -> Exception:
 
 
 def _run_in_processes(
-    runs: Sequence[_Unfinished],
+    runs: Sequence[_PendingRun],
     results: list[dict[str, Any] | None],
     jobs: int,
     datasets: Mapping[str, Dataset] | None,
@@ -313,7 +317,7 @@ def _run_in_processes(
     jobs, threads, total = min(jobs, len(runs)), torch.get_num_threads(), len(results)
     log(f"{len(runs)} runs to go, {jobs} at a time (worker processes with torch.set_num_threads({threads}))")
     with worker_pool(jobs) as pool:
-        waiting, running = iter(runs), dict[Future, _Unfinished]()
+        waiting, running = iter(runs), dict[Future, _PendingRun]()
 
         def start_next() -> None:
             run = next(waiting, None)
@@ -339,7 +343,7 @@ def run_sweep(
     sweep: Sweep,
     output_dir: str | Path,
     datasets: Mapping[str, Dataset] | None = None,
-    log: Log = _log_to_stderr,
+    log: Log = _log_info,
     command: str | None = None,
     jobs: int = 1,
 ) -> list[dict[str, Any]]:
@@ -365,17 +369,19 @@ def run_sweep(
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     output_dir, started = Path(output_dir), time.perf_counter()
     command = command or " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
-    data = _Data(datasets)
+    data = _DatasetCache(datasets)
     plan = _planned(sweep, data)
     for _, _, config in plan:  # every split loaded (its files checked) and every config built before any write
-        data.of(config)
+        data.datasets_of(config)
     with output_dir_lock(output_dir):  # a second sweep into this folder is refused while this one runs
         results = _run_plan(sweep, plan, data, output_dir, log, command, jobs)
     log(f"wrote {output_dir / 'results.md'} ({time.perf_counter() - started:.0f} s)")
     return results
 
 
-def _run_plan(sweep: Sweep, plan, data: _Data, output_dir: Path, log: Log, command: str, jobs: int) -> list[dict]:
+def _run_plan(
+    sweep: Sweep, plan, data: _DatasetCache, output_dir: Path, log: Log, command: str, jobs: int
+) -> list[dict]:
     """:func:`run_sweep` once its folder is locked: skip the finished runs, run the others, write the report."""
     # The per-run checkpoints and logs are for looking into runs, not for the repository; nor is a lock file that
     # a killed run left behind.
@@ -386,8 +392,10 @@ def _run_plan(sweep: Sweep, plan, data: _Data, output_dir: Path, log: Log, comma
     unfinished = []  # with jobs > 1: run in worker processes once every finished run is checked
     for number, (name, seed, config) in enumerate(plan, start=1):
         run_dir = output_dir / "runs" / name / f"seed_{seed}"
-        datasets_of_run = data.of(config)
-        spec = _spec(name, seed, config, datasets_of_run, sweep.arm(name).equal_steps if name in sweep.names else "")
+        datasets_of_run = data.datasets_of(config)
+        spec = _run_spec(
+            name, seed, config, datasets_of_run, sweep.arm(name).equal_steps if name in sweep.names else ""
+        )
         done = run_dir / "result.json"
         if done.exists():
             result = read_result(done)
@@ -402,7 +410,7 @@ def _run_plan(sweep: Sweep, plan, data: _Data, output_dir: Path, log: Log, comma
             result = run_arm(spec, config, datasets_of_run, run_dir, log=log, command=command)
             log(_finished_message(number, len(plan), name, seed, result))
         else:
-            unfinished.append(_Unfinished(number, name, seed, spec, config, run_dir))
+            unfinished.append(_PendingRun(number, name, seed, spec, config, run_dir))
             result = None
         results.append(result)
     if unfinished:
@@ -492,6 +500,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "pml-recallk benchmark")
     ``prog`` is how the command was called, as written at the top of the report.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    log_to_stderr("pml-recallk")  # the notes of the library (e.g. a data.num_workers cap)
+    log_to_stderr("pml-recallk benchmark", __name__)  # the sweep's progress
     try:
         args = build_parser(prog).parse_args(argv)
     except SystemExit as exit_:

@@ -16,18 +16,23 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from importlib import import_module
 
+from .._lazy import lazy_names
+
+# Short name → (class name, module): the one list of data sets. Each class is imported when first used.
+_DATASETS = {
+    "glyphs": ("Glyphs", ".glyphs.latin"),
+    "han_glyphs": ("HanGlyphs", ".glyphs.han"),
+    "cub": ("CUB200", ".cub200"),
+    "cars196": ("Cars196", ".cars196"),
+    "sop": ("StanfordOnlineProducts", ".stanford_online_products"),
+    "inaturalist": ("INaturalist2018", ".inaturalist"),
+    "vehicleid": ("VehicleID", ".vehicle_id"),
+    "image_folder": ("ImageFolder", ".generic"),
+    "csv": ("CsvImages", ".generic"),
+}
 _PUBLIC = {
-    "CUB200": ".cub200",
-    "Cars196": ".cars196",
-    "StanfordOnlineProducts": ".stanford_online_products",
-    "INaturalist2018": ".inaturalist",
-    "VehicleID": ".vehicle_id",
-    "Glyphs": ".glyphs.latin",
-    "HanGlyphs": ".glyphs.han",
-    "ImageFolder": ".generic",
-    "CsvImages": ".generic",
+    **dict(_DATASETS.values()),
     "ConfigurableDataset": ".common",
     "class_disjoint_split": ".common",
     "load_image": ".images",
@@ -54,24 +59,12 @@ class _DatasetClasses(Mapping):
         return "{" + ", ".join(f"{k!r}: {v}" for k, v in self._class_names.items()) + "}"
 
 
-DATASET_CLASSES: Mapping[str, type] = _DatasetClasses(
-    {
-        "glyphs": "Glyphs",
-        "han_glyphs": "HanGlyphs",
-        "cub": "CUB200",
-        "cars196": "Cars196",
-        "sop": "StanfordOnlineProducts",
-        "inaturalist": "INaturalist2018",
-        "vehicleid": "VehicleID",
-        "image_folder": "ImageFolder",
-        "csv": "CsvImages",
-    }
-)
+DATASET_CLASSES: Mapping[str, type] = _DatasetClasses({name: class_name for name, (class_name, _) in _DATASETS.items()})
 """The short name of every data set and its class: the one list of data sets.
 
 Each class is a :class:`~.common.ConfigurableDataset`: it declares its splits, Recall@k preset, channels, whether it
 needs ``data.root``, its own ``[data]`` keys and how it is built from the ``[data]`` table, so that adding a data set
-is its own file and one line here (its class name, imported when first used)."""
+is its own file and one line of ``_DATASETS`` here (its class and module, imported when first used)."""
 
 __all__ = sorted([*_PUBLIC, "DATASET_CLASSES", "dataset_class", "recall_k_values"])
 
@@ -91,14 +84,5 @@ def recall_k_values(name: str) -> tuple[int, ...]:
     return tuple(dataset_class(name).recall_k_values)
 
 
-def __getattr__(name: str):
-    # Lazy, so that importing one dataset does not need the dependencies of the others (e.g. matplotlib).
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'pml_recallk.datasets' has no attribute {name!r}")
-    value = getattr(import_module(_PUBLIC[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+# Lazy, so that importing one dataset does not need the dependencies of the others (e.g. matplotlib).
+__getattr__, __dir__ = lazy_names(globals(), _PUBLIC)

@@ -19,7 +19,7 @@ import torch
 from pytorch_metric_learning.distances import BaseDistance, DotProductSimilarity, LpDistance
 from pytorch_metric_learning.utils import inference
 
-from .._checks import check_int, check_positive_int
+from .._checks import check_choice, check_int, check_positive_int
 from .._io import save_torch_atomic
 
 # One chunk's (queries × reference) score block is kept near this size when no chunk size is given.
@@ -88,10 +88,7 @@ class ChunkedKNN:
         if not isinstance(distance, BaseDistance):
             raise TypeError(f"distance must be a pytorch_metric_learning distance, got {type(distance).__name__}")
         query_chunk_size = check_positive_int(query_chunk_size, "query_chunk_size", allow_none=True)
-        if not isinstance(backend, str):
-            raise TypeError(f"backend must be one of {BACKENDS}, got {backend!r} ({type(backend).__name__})")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_choice(backend, BACKENDS, "backend")
         if backend == "faiss":
             if not faiss_available():
                 raise ImportError("backend='faiss' needs faiss: pip install faiss-cpu, or use backend='torch'")

@@ -16,7 +16,7 @@ Example:
     2
 """
 
-from importlib import import_module
+from .._lazy import lazy_names
 
 _PUBLIC = {
     "ConfigError": ".config",
@@ -37,13 +37,4 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str):
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'pml_recallk.experiments' has no attribute {name!r}")
-    value = getattr(import_module(_PUBLIC[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_names(globals(), _PUBLIC)

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import os
-import random
-import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ from .. import losses as losses_module
 from ..datasets import class_disjoint_split
 from ..datasets.common import ClassSubset
 from ..evaluation import RecallAtKAccuracyCalculator
+from ..evaluation.tester import QueryGalleryTester
 from ..losses.recall_k_surrogate_loss import contains_recall_k_surrogate
 from ..models import build_model as build_named_model
 from ..models import transforms
@@ -38,20 +39,25 @@ from ..samplers import DistributedMPerClassSampler, SeededItems
 from ..trainers import MemoryEfficientTrainer
 from ..trainers.collapse import CollapseMonitor
 from . import distributed
+from .checkpoints import Parts, load_init_weights, seed_everything
 from .config import ConfigError
 from .metrics import MAP_AT_R
 from .registry import MODELS, build_loss_and_miner, dataset_class, loss_entry
 
 __all__ = [
     "MAP_AT_R",
+    "Setup",
     "TransformedDataset",
     "batch_size_of",
     "build_accuracy_calculator",
     "build_datasets",
+    "build_initial_model",
     "build_loss",
     "build_model",
     "build_optimizers",
+    "build_parts",
     "build_scheduler",
+    "build_setup",
     "build_tester",
     "build_trainer",
     "data_channels",
@@ -60,7 +66,6 @@ __all__ = [
     "iterations_of",
     "loader_workers",
     "mixed_precision_dtype",
-    "seed_everything",
 ]
 
 
@@ -256,7 +261,9 @@ def loader_workers(config: Mapping[str, Any]) -> int:
 
 @functools.cache
 def _note_worker_cap(wanted: int, available: int) -> None:
-    print(f"pml-recallk: data.num_workers = {wanted} lowered to {available}, the CPUs of this machine", file=sys.stderr)
+    logging.getLogger(__name__).warning(
+        "data.num_workers = %d lowered to %d, the CPUs of this machine", wanted, available
+    )
 
 
 def batch_size_of(config: Mapping[str, Any], num_classes: int) -> int:
@@ -295,18 +302,6 @@ def device_of(config: Mapping[str, Any]) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("train.device is 'mps' but torch sees no MPS device; use --device cpu")
     return torch.device(name)
-
-
-def seed_everything(seed: int, epoch: int) -> None:
-    """Seed Python, NumPy (which MPerClassSampler draws from) and torch from ``(seed, epoch)``.
-
-    Epoch 0 seeds the model's initialisation; epoch e ≥ 1 the sampling and augmentation of epoch e, so an epoch
-    does not depend on what ran before it in the process.
-    """
-    derived = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-    random.seed(derived)
-    np.random.seed(derived)  # noqa: NPY002 - MPerClassSampler draws from np.random (c_f.NUMPY_RANDOM)
-    torch.manual_seed(derived)
 
 
 def build_model(config: Mapping[str, Any], channels: int | None = None) -> torch.nn.Module:
@@ -395,71 +390,6 @@ def build_accuracy_calculator(config: Mapping[str, Any]) -> RecallAtKAccuracyCal
     return RecallAtKAccuracyCalculator(k_values=k_values, include=include)
 
 
-class QueryGalleryTester(GlobalEmbeddingSpaceTester):
-    """PML's ``GlobalEmbeddingSpaceTester`` that also evaluates a split's queries against its gallery.
-
-    A split whose dataset has ``query_gallery`` (``(is_query, is_gallery)``, a CSV listing's columns) is cut into
-    three parts: the queries that are also gallery items (``Q∩G``), the queries that are not (``Q−G``) and the rest
-    of the gallery (``G−Q``). PML evaluates ``Q∩G`` against ``[Q∩G, G−Q]`` with its self-match left out (query i is
-    reference i) and ``Q−G`` against the same gallery; the split's metric is the mean of the two weighted by their
-    numbers of queries, which is the mean over all queries (Recall@k and MAP@R are means over queries). Other
-    splits are evaluated against themselves, as PML does.
-    """
-
-    def test(self, dataset_dict, epoch, trunk_model, embedder_model=None, splits_to_eval=None, collate_fn=None):
-        parts, plan = self._query_gallery_parts(dataset_dict)
-        if not plan:
-            return super().test(dataset_dict, epoch, trunk_model, embedder_model, splits_to_eval, collate_fn)
-        hook, self.end_of_testing_hook = self.end_of_testing_hook, None
-        try:
-            evaluate = [(name, [name]) for name in dataset_dict if name not in plan]
-            for queries in plan.values():
-                evaluate += [(part, list(queries["gallery"])) for part in queries["queries"]]
-            super().test(parts, epoch, trunk_model, embedder_model, evaluate, collate_fn)
-            for name, queries in plan.items():
-                self.all_accuracies[name] = _weighted(self.all_accuracies, queries["queries"], epoch)
-                for part in {*queries["queries"], *queries["gallery"]}:
-                    self.all_accuracies.pop(part, None)
-        finally:
-            self.end_of_testing_hook = hook
-        if hook is not None:
-            hook(self)
-        return self.all_accuracies
-
-    @staticmethod
-    def _query_gallery_parts(dataset_dict: Mapping[str, Dataset]) -> tuple[dict[str, Dataset], dict[str, dict]]:
-        parts, plan = dict(dataset_dict), {}
-        for name, dataset in dataset_dict.items():
-            flags = getattr(dataset, "query_gallery", None)
-            if flags is None:
-                continue
-            is_query, is_gallery = flags
-            del parts[name]
-            pieces = {
-                f"{name}·queries_in_gallery": np.flatnonzero(is_query & is_gallery),
-                f"{name}·queries": np.flatnonzero(is_query & ~is_gallery),
-                f"{name}·gallery": np.flatnonzero(~is_query & is_gallery),
-            }
-            for part, indices in pieces.items():
-                if len(indices):
-                    parts[part] = Subset(dataset, indices.tolist())
-            keys = list(pieces)
-            plan[name] = {
-                "queries": {keys[0]: len(pieces[keys[0]]), keys[1]: len(pieces[keys[1]])},
-                "gallery": [k for k in (keys[0], keys[2]) if len(pieces[k])],
-            }
-            plan[name]["queries"] = {k: n for k, n in plan[name]["queries"].items() if n}
-        return parts, plan
-
-
-def _weighted(accuracies: Mapping[str, Mapping[str, Any]], counts: Mapping[str, int], epoch: int) -> dict[str, Any]:
-    """The per-query mean of every metric over query parts of ``counts`` queries each."""
-    total = sum(counts.values())
-    keys = [k for k in accuracies[next(iter(counts))] if k != "epoch"]
-    merged = {k: sum(accuracies[part][k] * n for part, n in counts.items()) / total for k in keys}
-    return {"epoch": epoch, **merged}
-
-
 def build_tester(
     config: Mapping[str, Any], device: torch.device | str, end_of_testing_hook=None
 ) -> GlobalEmbeddingSpaceTester:
@@ -511,32 +441,33 @@ class _Trainer(MemoryEfficientTrainer):
 
 def build_trainer(
     config: Mapping[str, Any],
-    parts: Mapping[str, Any],
+    parts: Parts,
     dataset: Dataset,
     device: torch.device,
     batch_size: int,
     iterations: int,
-    end_of_iteration_hook: Callable,
-    end_of_epoch_hook: Callable,
+    end_of_iteration_hook: Callable | None = None,
+    end_of_epoch_hook: Callable | None = None,
 ) -> MemoryEfficientTrainer:
     """:class:`~pml_recallk.MemoryEfficientTrainer` for every loss and batch: chunks of ``train.chunk_size``
     images (0: the whole batch in one chunk), the miner as PML's ``tuple_miner``, ``grad_clip``, the lr schedule.
 
-    ``parts`` holds ``model``, ``loss``, ``miner``, ``optimizers`` and ``scheduler`` (None for none).
-    ``batch_size`` is the global batch; under torchrun this rank's trainer loads its share of it.
+    ``batch_size`` is the global batch; under torchrun this rank's trainer loads its share of it. The hooks may
+    be set later (PML calls ``trainer.end_of_iteration_hook`` and ``trainer.end_of_epoch_hook``): a run sets them
+    once its folder and records exist.
     """
     train = config["train"]
-    model = parts["model"]
+    model = parts.model
     clippers = {}
     if train["grad_clip"] > 0:
         clippers["trunk_grad_clipper"] = lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
-    scheduler = parts["scheduler"]
+    scheduler = parts.scheduler
     return _Trainer(
         models={"trunk": model},
-        optimizers=dict(parts["optimizers"]),
+        optimizers=dict(parts.optimizers),
         batch_size=distributed.split_batch(batch_size),
-        loss_funcs={"metric_loss": parts["loss"]},
-        mining_funcs={"tuple_miner": parts["miner"]} if parts["miner"] is not None else {},
+        loss_funcs={"metric_loss": parts.loss},
+        mining_funcs={"tuple_miner": parts.miner} if parts.miner is not None else {},
         dataset=SeededItems(dataset),
         sampler=make_sampler(config, dataset.labels, batch_size, iterations),
         iterations_per_epoch=iterations,
@@ -550,6 +481,102 @@ def build_trainer(
         amp=mixed_precision_dtype(train["mixed_precision"], device),
         batchnorm="freeze" if train["freeze_batchnorm"] else "chunk_statistics",
         # RS@k at its ceiling of 1 has no gradient: warn when it stalls there (trainers/collapse.py).
-        loss_monitor=CollapseMonitor().loss_hook() if contains_recall_k_surrogate(parts["loss"]) else None,
+        loss_monitor=CollapseMonitor().loss_hook() if contains_recall_k_surrogate(parts.loss) else None,
         stop_on_nan=train["stop_on_nan"],
     )
+
+
+# ------------------------------------------------------------------------------------------------- a run
+
+
+def build_parts(config: Mapping[str, Any], model: torch.nn.Module, num_classes: int, device) -> Parts:
+    """The :class:`~.checkpoints.Parts` of ``config`` for ``model``: its loss (on ``device``), optimisers and
+    schedule."""
+    loss, miner = build_loss(config, num_classes)
+    loss = loss.to(device)
+    optimizers = build_optimizers(config, model, loss)
+    return Parts(model, loss, miner, optimizers, build_scheduler(config, optimizers["trunk_optimizer"]))
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything a run of ``pml-recallk train`` needs, built and checked from its config before its folder is made.
+
+    ``datasets`` holds ``train``, ``val`` and the test splits; ``init`` says where the model's weights came from
+    (``model.init_checkpoint``; None for a fresh model); ``batch_size`` is the global batch, ``iterations`` per
+    epoch; ``tester`` evaluates the untrained and the best model; ``validator`` is a second tester, whose
+    ``end_of_testing_hook`` the run points at its records; ``trainer`` trains the ``parts`` (its hooks also set by
+    the run); ``warmup_layer`` is the layer that trains alone during ``train.warmup_epochs`` (None without them).
+    """
+
+    config: Mapping[str, Any]
+    datasets: Mapping[str, Dataset]
+    device: torch.device
+    init: dict[str, Any] | None
+    num_classes: int
+    batch_size: int
+    iterations: int
+    parts: Parts
+    tester: GlobalEmbeddingSpaceTester
+    validator: GlobalEmbeddingSpaceTester
+    trainer: MemoryEfficientTrainer
+    warmup_layer: torch.nn.Module | None
+
+    @property
+    def test_names(self) -> list[str]:
+        return list(self.config["data"]["test_splits"])
+
+
+def build_initial_model(
+    config: Mapping[str, Any], datasets: Mapping[str, Dataset] | None, device: torch.device
+) -> tuple[torch.nn.Module, Mapping[str, Dataset], dict[str, Any] | None]:
+    """``(model, datasets, init)``: the data (built unless given) and the model as seeded by ``(train.seed, 0)``,
+    with the weights of ``model.init_checkpoint`` if set (``init`` says which, else None)."""
+    seed_everything(config["train"]["seed"], 0)
+    datasets = datasets if datasets is not None else build_datasets(config)
+    model = build_model(config)
+    init = None
+    if config["model"]["init_checkpoint"]:
+        init = load_init_weights(model, config["model"]["init_checkpoint"])
+    return model.to(device), datasets, init
+
+
+def build_setup(config: Mapping[str, Any], datasets: Mapping[str, Dataset] | None = None) -> Setup:
+    """The :class:`Setup` of ``config``: data (unless given), model, loss, optimisers, testers and trainer, each
+    from its own table of the config; every refusal (data, batch, sampler, loss, warm-up) comes from here.
+    ``Setup.config`` is a copy of ``config`` that says how many channels the model was built for."""
+    config = with_data_channels(config)
+    device = device_of(config)
+    model, datasets, init = build_initial_model(config, datasets, device)
+    train_set = datasets["train"]
+    num_classes = len(np.unique(train_set.labels))
+    batch_size = batch_size_of(config, num_classes)
+    iterations = iterations_of(config, len(train_set), batch_size)
+    parts = build_parts(config, model, num_classes, device)
+    # A model without an embedding layer is refused with warm-up epochs, before the output folder is made.
+    warmup_layer = _embedding_layer(model) if config["train"]["warmup_epochs"] else None
+    return Setup(
+        config=config,
+        datasets=datasets,
+        device=device,
+        init=init,
+        num_classes=num_classes,
+        batch_size=batch_size,
+        iterations=iterations,
+        parts=parts,
+        tester=build_tester(config, device),
+        validator=build_tester(config, device),
+        trainer=build_trainer(config, parts, train_set, device, batch_size, iterations),
+        warmup_layer=warmup_layer,
+    )
+
+
+def _embedding_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """The layer that trains alone during ``train.warmup_epochs``: what the model's ``embedding_layer()`` returns."""
+    layer = getattr(model, "embedding_layer", None)
+    if not callable(layer):
+        raise ConfigError(
+            f"train.warmup_epochs trains only the model's embedding layer, but {type(model).__name__} names none "
+            "(it has no embedding_layer() method); set train.warmup_epochs=0"
+        )
+    return layer()

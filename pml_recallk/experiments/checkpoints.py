@@ -5,7 +5,11 @@ written and read back, and the lock that keeps two live processes out of one fol
   what each file holds. ``last.pt`` (written after every epoch) holds everything a resumed run needs to go on as
   if it had not stopped: the epoch, the config, the model, optimiser, scheduler and loss states, the generator
   states and the history of the run. ``best.pt`` (written when validation improves) holds the epoch, the config,
-  the model and its validation metrics. Each is a dict with ``"format": CHECKPOINT_FORMAT``.
+  the model and its validation metrics. Each is a dict with ``"format": CHECKPOINT_FORMAT``. It saves from and
+  restores into the run's own types: :class:`Parts` (built by :func:`~pml_recallk.experiments.builders.build_parts`)
+  and :class:`History`.
+* :func:`seed_everything` seeds every generator from ``(train.seed, epoch)`` at the start of each epoch: with the
+  generator states ``last.pt`` holds, this is what makes a resumed run end bitwise equal to an uninterrupted one.
 * :func:`output_dir_lock` holds ``<output>/.pml-recallk.lock`` for the life of a run (see :mod:`pml_recallk._io`).
 * :func:`load_checkpoint` and :func:`load_init_weights` read a checkpoint for ``evaluate`` and for
   ``model.init_checkpoint``.
@@ -23,8 +27,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,8 @@ from .config import ConfigError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "History",
+    "Parts",
     "RunCheckpoints",
     "disk_full_is_one_line",
     "get_rng_state",
@@ -43,6 +51,7 @@ __all__ = [
     "load_init_weights",
     "output_dir_lock",
     "save_checkpoint",
+    "seed_everything",
     "set_rng_state",
 ]
 
@@ -54,11 +63,56 @@ LAST_ENTRIES = ("epoch", "config", "model", "optimizers", "lr_scheduler", "loss"
 _RNG_ENTRIES = ("python", "numpy", "torch", "cuda")
 
 
-class RunCheckpoints:
-    """The checkpoints of the run in ``output_dir``: ``<output_dir>/checkpoints/{last,best}.pt``.
+@dataclass(frozen=True)
+class Parts:
+    """What trains and what ``last.pt`` saves of it: the model, the loss (and its miner, or None), the optimisers
+    by PML's names (``trunk_optimizer``, ``metric_loss_optimizer`` for a loss with parameters) and the lr schedule
+    (None without ``train.lr_milestones``)."""
 
-    ``parts`` below is the run's ``{"model", "optimizers": {name: optimizer}, "scheduler" (or None), "loss"}``.
+    model: torch.nn.Module
+    loss: torch.nn.Module
+    miner: torch.nn.Module | None
+    optimizers: dict[str, torch.optim.Optimizer]
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+
+
+@dataclass
+class History:
+    """What a run has recorded so far; ``last.pt`` keeps it (as a plain dict) so that a resumed run goes on with it.
+
+    ``loss`` holds ``[iteration, loss]`` pairs, ``val`` one row of validation metrics per validated epoch,
+    ``untrained`` the untrained model's metrics by test split and ``untrained_val`` on validation (empty on the ranks
+    other than 0 of a torchrun job, which evaluate nothing); ``seconds`` is the run's wall time so far, every process
+    that worked on it together, ``train_seconds`` that of the training steps; ``init_checkpoint`` says where the
+    weights came from (``model.init_checkpoint``), ``warnings`` what the run must report (a collapse, a loss that
+    cannot learn).
     """
+
+    init_checkpoint: dict[str, Any] | None = None
+    untrained: dict[str, dict[str, float]] = field(default_factory=dict)
+    untrained_val: dict[str, float] = field(default_factory=dict)
+    loss: list[list[float]] = field(default_factory=list)
+    val: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    epochs_run: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+    train_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists, dicts and numbers: what ``torch.load(weights_only=True)`` reads back."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: Mapping[str, Any]) -> History:
+        """The history of :meth:`to_dict`; an entry an older ``last.pt`` lacks keeps its default."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in saved.items() if name in names})
+
+
+class RunCheckpoints:
+    """The checkpoints of the run in ``output_dir``: ``<output_dir>/checkpoints/{last,best}.pt``."""
 
     def __init__(self, output_dir: str | Path):
         self.folder = Path(output_dir) / CHECKPOINTS_FOLDER
@@ -77,18 +131,18 @@ class RunCheckpoints:
         for stale in self.folder.glob(".*.tmp"):
             stale.unlink()
 
-    def save_last(self, epoch: int, config: Mapping[str, Any], parts: Mapping[str, Any], history: Any) -> None:
+    def save_last(self, epoch: int, config: Mapping[str, Any], parts: Parts, history: History) -> None:
         """Write ``last.pt``: everything :meth:`restore` needs to go on after ``epoch``."""
-        scheduler = parts["scheduler"]
+        scheduler = parts.scheduler
         state = {
             "epoch": epoch,
             "config": config,
-            "model": parts["model"].state_dict(),
-            "optimizers": {name: optimizer.state_dict() for name, optimizer in parts["optimizers"].items()},
+            "model": parts.model.state_dict(),
+            "optimizers": {name: optimizer.state_dict() for name, optimizer in parts.optimizers.items()},
             "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "loss": parts["loss"].state_dict(),
+            "loss": parts.loss.state_dict(),
             "rng": get_rng_state(),
-            "history": history,
+            "history": history.to_dict(),
         }
         self._save(state, self.last)
 
@@ -122,26 +176,26 @@ class RunCheckpoints:
     def read_best(self) -> dict[str, Any]:
         return load_checkpoint(self.best)
 
-    def restore(self, state: Mapping[str, Any], parts: Mapping[str, Any]) -> Any:
+    def restore(self, state: Mapping[str, Any], parts: Parts) -> History:
         """Load :meth:`read_last`'s model, optimiser, scheduler, loss and generator states into ``parts``;
         return the run's history."""
         saved = state["optimizers"]
-        unknown = sorted(set(parts["optimizers"]) - set(saved))
+        unknown = sorted(set(parts.optimizers) - set(saved))
         if unknown:
             raise ConfigError(f"{self.last} cannot be resumed: it holds no state of the optimiser {unknown[0]!r}")
         try:
-            parts["model"].load_state_dict(state["model"])
-            for name, optimizer in parts["optimizers"].items():
+            parts.model.load_state_dict(state["model"])
+            for name, optimizer in parts.optimizers.items():
                 optimizer.load_state_dict(saved[name])
-            if parts["scheduler"] is not None:
-                parts["scheduler"].load_state_dict(state["lr_scheduler"])
-            parts["loss"].load_state_dict(state["loss"])
+            if parts.scheduler is not None:
+                parts.scheduler.load_state_dict(state["lr_scheduler"])
+            parts.loss.load_state_dict(state["loss"])
         except (KeyError, RuntimeError, TypeError, ValueError) as error:
             # The config was checked equal, so a state that does not fit means a file edited or made elsewhere.
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise ConfigError(f"{self.last} does not fit this run's model, optimiser or loss: {message}") from None
         set_rng_state(state["rng"])
-        return state["history"]
+        return History.from_dict(state["history"])
 
 
 @contextlib.contextmanager
@@ -255,3 +309,15 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int, epoch: int) -> None:
+    """Seed Python, NumPy (which MPerClassSampler draws from) and torch from ``(seed, epoch)``.
+
+    Epoch 0 seeds the model's initialisation; epoch e ≥ 1 the sampling and augmentation of epoch e, so an epoch
+    does not depend on what ran before it in the process.
+    """
+    derived = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    random.seed(derived)
+    np.random.seed(derived)  # noqa: NPY002 - MPerClassSampler draws from np.random (c_f.NUMPY_RANDOM)
+    torch.manual_seed(derived)

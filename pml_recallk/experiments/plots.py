@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -13,6 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file backend
 import numpy as np  # noqa: E402
 
 from .metrics import metric_title, sorted_by_k  # noqa: E402
+
+if TYPE_CHECKING:
+    from .checkpoints import History
 
 __all__ = ["plot_history", "recall_axis_limits", "sorted_by_k"]
 
@@ -24,12 +26,12 @@ def recall_axis_limits(values: list[float], margin: float = 0.02) -> tuple[float
     return max(0.0, low - pad), min(1.02, high + pad)
 
 
-def plot_history(history: Mapping[str, Any], output_dir: str | Path) -> None:
+def plot_history(history: History, output_dir: str | Path) -> None:
     """``loss_curve.png`` (loss per iteration) and ``recall_curves.png`` (validation Recall@k per epoch, epoch 0
     the untrained model, on an axis zoomed to the data)."""
     output_dir = Path(output_dir)
-    if history["loss"]:
-        iterations, losses = zip(*history["loss"])
+    if history.loss:
+        iterations, losses = zip(*history.loss)
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(np.asarray(iterations) + 1, losses, lw=1)
         ax.set(xlabel="iteration", ylabel="training loss", title="Training loss")
@@ -38,15 +40,15 @@ def plot_history(history: Mapping[str, Any], output_dir: str | Path) -> None:
         fig.savefig(output_dir / "loss_curve.png", dpi=120)
         plt.close(fig)
 
-    rows = [{"epoch": 0, **history["untrained_val"]}, *history["val"]]
+    rows = [{"epoch": 0, **history.untrained_val}, *history.val]
     fig, ax = plt.subplots(figsize=(6, 4))
     plotted = []
-    for name, _ in sorted_by_k(history["untrained_val"]):
+    for name, _ in sorted_by_k(history.untrained_val):
         values = [r[name] for r in rows]
         plotted += values
         ax.plot([r["epoch"] for r in rows], values, marker="o", label=metric_title(name))
-    if history["best_epoch"] is not None:
-        ax.axvline(history["best_epoch"], color="grey", ls="--", lw=1, label="best epoch")
+    if history.best_epoch is not None:
+        ax.axvline(history.best_epoch, color="grey", ls="--", lw=1, label="best epoch")
     ax.set(xlabel="epoch (0 = untrained)", ylabel="Recall@k", title="Validation Recall@k")
     ax.set_ylim(*recall_axis_limits(plotted))
     ax.grid(alpha=0.3)

@@ -109,7 +109,7 @@ if set(MODELS) != set(MODEL_NAMES):  # pragma: no cover - a model added to the l
 
 # ----------------------------------------------------------------------------------------- losses, miners
 
-Built = tuple[Any, Any]  # (loss module, miner module or None)
+LossAndMiner = tuple[Any, Any]  # what a registry entry builds: (the loss module, its miner module or None)
 
 AUTO_ARGUMENTS = ("num_classes", "embedding_size")
 """Constructor arguments filled from the run, never from ``[loss]``: the training classes, model.embedding_size."""
@@ -185,7 +185,7 @@ class LossEntry:
         kinds: the config kind of arguments whose default does not say it (``"float|list[float]"``).
     """
 
-    build: Callable[[Mapping[str, Any], int], Built]
+    build: Callable[[Mapping[str, Any], int], LossAndMiner]
     settings: str
     loss_lr_factor: float = 1.0
     arguments: Mapping[str, Any] = field(default_factory=dict)
@@ -236,7 +236,7 @@ def _class_entry(
     preset_miner = entry.pop("miner", {})
     convert = entry.pop("convert", None)
 
-    def build(config: Mapping[str, Any], num_classes: int) -> Built:
+    def build(config: Mapping[str, Any], num_classes: int) -> LossAndMiner:
         own = config["loss"].get("name") == name
         table = config["loss"] if own else {"name": name, **(preset or {})}
         return _construct(cls, table, config, num_classes, convert), _miner_of(config, preset_miner, own)
@@ -404,7 +404,7 @@ def check_arguments(table: Mapping[str, Any], accepted: Mapping[str, Any], what:
             raise ValueError(f"{what}.{key} takes a Python object, which a config cannot give; build {owner} in Python")
 
 
-def build_loss_and_miner(config: Mapping[str, Any], num_classes: int) -> Built:
+def build_loss_and_miner(config: Mapping[str, Any], num_classes: int) -> LossAndMiner:
     """``(loss, miner or None)`` of the config's ``[loss]`` and ``[miner]`` tables (no wrappers).
 
     Raises:

@@ -3,9 +3,10 @@
 :func:`run_experiment` is what ``pml-recallk train`` runs and what the benchmark runner calls for every arm:
 
 1. check the output folder can be written, load every split (the loaders check their files) and build the
-   model (from ``model.init_checkpoint`` when set), loss and optimisers (:mod:`.builders`) — all before
-   anything is written;
-2. evaluate the untrained model on the test and validation splits;
+   model (from ``model.init_checkpoint`` when set), loss, optimisers, testers and trainer, each from its own table
+   of the config (:func:`.builders.build_setup` → :class:`.builders.Setup`) — all before anything is written;
+2. evaluate the untrained model on the test and validation splits (what the run records is a
+   :class:`.checkpoints.History`, kept in ``last.pt``);
 3. train with :class:`~pml_recallk.MemoryEfficientTrainer` on class-balanced batches
    (:class:`~pml_recallk.samplers.DistributedMPerClassSampler`, drawn from ``(train.seed, epoch)``; the first
    ``train.warmup_epochs`` train only the model's embedding layer and the loss's parameters), validating every
@@ -37,23 +38,31 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import copy
+import logging
 import os
-import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from pytorch_metric_learning.utils import logging_presets
 from torch.utils.data import Dataset
 
 from .._io import write_json_atomic
+from ..losses.recall_k_surrogate_loss import NothingToLearnWarning
 from ..trainers.collapse import validation_collapse
 from . import builders, distributed
-from .checkpoints import RunCheckpoints, disk_full_is_one_line, load_checkpoint, load_init_weights, output_dir_lock
+from .checkpoints import (
+    History,
+    RunCheckpoints,
+    disk_full_is_one_line,
+    load_checkpoint,
+    output_dir_lock,
+    seed_everything,
+)
 from .config import RESUMABLE_KEYS, ConfigError, config_differences, dumps_toml, upgrade_config
 from .metrics import PRIMARY_METRIC, metric_title, sorted_by_k
 from .plots import plot_history
@@ -64,8 +73,8 @@ __all__ = ["check_output_dir", "embed_and_evaluate", "evaluate_checkpoint", "eva
 Log = Callable[[str], None]
 
 
-def _log_to_stderr(message: str) -> None:
-    print(f"pml-recallk: {message}", file=sys.stderr, flush=True)
+# Progress at INFO on the package's logger (pml_recallk/_log.py): the command prints it as "pml-recallk: ..." lines.
+_log_info: Log = logging.getLogger(__name__).info
 
 
 # -------------------------------------------------------------------------------------------- evaluation
@@ -83,30 +92,18 @@ def embed_and_evaluate(
 ) -> dict[str, dict[str, float]]:
     """Recall@k (and MAP@R if ``eval.map_at_r``) of ``model`` on each dataset, every item a query against the
     rest of its own split, through PML's ``GlobalEmbeddingSpaceTester``. Returns ``{split: {metric: value}}``."""
-    tester = tester or builders.build_tester(config, next(model.parameters()).device)
+    return _evaluate(tester or builders.build_tester(config, next(model.parameters()).device), model, datasets, epoch)
+
+
+def _evaluate(tester, model: torch.nn.Module, datasets: Mapping[str, Dataset], epoch: int = 0) -> dict:
     tester.test(dict(datasets), epoch, model)
     return {split: _metrics_of(tester, split) for split in datasets}
-
-
-def _initial_model(
-    config: Mapping[str, Any], datasets: Mapping[str, Dataset] | None, device: torch.device
-) -> tuple[torch.nn.Module, Mapping[str, Dataset], dict[str, Any] | None]:
-    """``(model, datasets, init)``: the data (built unless given) and the model as seeded by ``(train.seed, 0)``,
-    with the weights of ``model.init_checkpoint`` if set (``init`` says which, else None)."""
-    builders.seed_everything(config["train"]["seed"], 0)
-    datasets = datasets if datasets is not None else builders.build_datasets(config)
-    model = builders.build_model(config)
-    init = None
-    if config["model"]["init_checkpoint"]:
-        init = load_init_weights(model, config["model"]["init_checkpoint"])
-    return model.to(device), datasets, init
 
 
 def evaluate_initial_model(config: Mapping[str, Any], datasets: Mapping[str, Dataset] | None = None) -> dict[str, Any]:
     """The metrics of the model a run of ``config`` starts from (untrained, or ``model.init_checkpoint``), on the
     test split(s): the floors of a benchmark. Returns ``{"test": {split: metrics}, "init_checkpoint": ...}``."""
-    device = builders.device_of(config)
-    model, datasets, init = _initial_model(config, datasets, device)
+    model, datasets, init = builders.build_initial_model(config, datasets, builders.device_of(config))
     tests = {name: datasets[name] for name in config["data"]["test_splits"]}
     return {"test": embed_and_evaluate(config, model, tests), "init_checkpoint": init}
 
@@ -143,15 +140,20 @@ def _resumable_state(output_dir: Path, resume: bool, config: Mapping[str, Any]) 
     state = checkpoints.read_last()
     if state is None:
         return None
-    differences = config_differences(upgrade_config(state["config"]), config, ignore=RESUMABLE_KEYS)
-    if differences:
-        raise ConfigError(f"cannot resume {output_dir} with a different config: {'; '.join(differences)}")
+    # data.channels 0 leaves the channels to the data, which the saved config has resolved: checked once it is built.
+    _refuse_another_run(state, config, output_dir, ignore={"data.channels"} if not config["data"]["channels"] else ())
     if config["train"]["epochs"] < state["epoch"]:
         raise ConfigError(
             f"train.epochs is {config['train']['epochs']} but {output_dir} has already trained {state['epoch']} "
             f"epochs; resume with --epochs {state['epoch']} or more"
         )
     return state
+
+
+def _refuse_another_run(state: Mapping[str, Any], config: Mapping[str, Any], output_dir: Path, ignore=()) -> None:
+    differences = config_differences(upgrade_config(state["config"]), config, ignore=RESUMABLE_KEYS | set(ignore))
+    if differences:
+        raise ConfigError(f"cannot resume {output_dir} with a different config: {'; '.join(differences)}")
 
 
 def _make_output_dir(output_dir: Path, config: Mapping[str, Any]) -> RunCheckpoints:
@@ -164,215 +166,11 @@ def _make_output_dir(output_dir: Path, config: Mapping[str, Any]) -> RunCheckpoi
 # ------------------------------------------------------------------------------------------------ training
 
 
-def _build_parts(config: Mapping[str, Any], model: torch.nn.Module, num_classes: int, device) -> dict[str, Any]:
-    loss, miner = builders.build_loss(config, num_classes)
-    loss = loss.to(device)
-    optimizers = builders.build_optimizers(config, model, loss)
-    scheduler = builders.build_scheduler(config, optimizers["trunk_optimizer"])
-    return {"model": model, "loss": loss, "miner": miner, "optimizers": optimizers, "scheduler": scheduler}
-
-
-def _new_history(init: dict[str, Any] | None) -> dict[str, Any]:
-    return {
-        "loss": [], "val": [], "best_epoch": None, "epochs_run": 0, "stopped_early": False, "seconds": 0.0,
-        "train_seconds": 0.0, "init_checkpoint": init,
-    }  # fmt: skip
-
-
-def _epoch_hook(run: Mapping[str, Any], history: dict[str, Any], log: Log, on_checkpoint: Callable[[int], None]):
-    """The end-of-epoch hook: validate (through HookContainer), save best.pt and last.pt, time it all; then call
-    ``on_checkpoint(epoch)``."""
-    config, parts, hooks, tester = run["config"], run["parts"], run["hooks"], run["tester"]
-    train_cfg, eval_cfg = config["train"], config["eval"]
-
-    def on_epoch(trainer) -> bool:
-        tic, epoch = time.perf_counter(), trainer.epoch
-        # Under torchrun rank 0 validates and saves while the others wait for its decision to go on.
-        keep_going = distributed.from_main(lambda: validate_and_save(trainer, epoch, tic))
-        history["stopped_early"] = not keep_going
-        history["epochs_run"] = epoch
-        on_checkpoint(epoch)
-        return keep_going
-
-    def validate_and_save(trainer, epoch: int, tic: float) -> bool:
-        keep_going = True
-        if epoch % eval_cfg["every_n_epochs"] == 0 or epoch == train_cfg["epochs"]:
-            keep_going = run["validate"](trainer) is not False
-            metrics = _metrics_of(tester, "val")
-            history["val"].append({"epoch": epoch, **metrics})
-            best_epoch, _ = hooks.get_best_epoch_and_accuracy(tester, "val")
-            log(f"epoch {epoch}/{train_cfg['epochs']}: validation {_format_metrics(metrics)} (best epoch {best_epoch})")
-            _check_collapse(history, epoch, log)
-            if best_epoch == epoch:
-                history["best_epoch"] = epoch
-                run["checkpoints"].save_best(epoch, config, parts["model"], metrics)
-        history["stopped_early"] = not keep_going
-        history["epochs_run"] = epoch
-        history["seconds"] = run["elapsed_before"] + time.perf_counter() - run["started"]
-        history["train_seconds"] += tic - run["epoch_started"]  # the steps of this epoch, validation excluded
-        run["checkpoints"].save_last(epoch, config, parts, history)
-        return keep_going
-
-    return on_epoch
-
-
-def _check_collapse(history: dict[str, Any], epoch: int, log: Log) -> None:
-    """Say so, in the log and in the results, when validation Recall@1 falls far below its best or the start."""
-    curve = [row[PRIMARY_METRIC] for row in history["val"]]
-    message = validation_collapse(curve, floor=history["untrained_val"][PRIMARY_METRIC])
-    if message is not None:
-        history.setdefault("warnings", []).append(f"epoch {epoch}: training collapse: {message}")
-        log(f"warning: epoch {epoch}: training collapse: {message}; lower train.lr or the batch, or start from "
-            "pretrained weights (model.init_checkpoint)")  # fmt: skip
-
-
-def _embedding_layer(model: torch.nn.Module) -> torch.nn.Module:
-    """The layer that trains alone during ``train.warmup_epochs``: what the model's ``embedding_layer()`` returns."""
-    embedding_layer = getattr(model, "embedding_layer", None)
-    if not callable(embedding_layer):
-        raise ConfigError(
-            f"train.warmup_epochs trains only the model's embedding layer, but {type(model).__name__} names none "
-            "(it has no embedding_layer() method); set train.warmup_epochs=0"
-        )
-    return embedding_layer()
-
-
-@contextlib.contextmanager
-def _backbone_frozen(trainer, model: torch.nn.Module) -> Iterator[None]:
-    """While this block runs, only the model's embedding layer trains (and the loss's parameters, such as proxies,
-    through their own optimiser).
-
-    Every other parameter of the model has ``requires_grad`` False, so its ``.grad`` stays None and the optimiser
-    skips it, weight decay and momentum included; PML's ``freeze_trunk_batchnorm`` keeps every BatchNorm in eval
-    mode, so the frozen backbone's running statistics do not move either.
-    """
-    trained = {id(parameter) for parameter in _embedding_layer(model).parameters()}
-    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in trained]
-    freeze_trunk_batchnorm = trainer.freeze_trunk_batchnorm
-    trainer.freeze_trunk_batchnorm = True
-    for parameter in frozen:
-        parameter.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for parameter in frozen:
-            parameter.requires_grad_(True)
-        trainer.freeze_trunk_batchnorm = freeze_trunk_batchnorm
-
-
-def _train_epochs(run: dict[str, Any], history: dict[str, Any], start_epoch: int, on_epoch, log: Log) -> None:
-    config, parts, hooks = run["config"], run["parts"], run["hooks"]
-    train_set, epochs = run["datasets"]["train"], config["train"]["epochs"]
-    warmup_epochs = config["train"]["warmup_epochs"]
-
-    def on_iteration(trainer) -> None:
-        history["loss"].append([trainer.get_global_iteration(), float(trainer.losses["total_loss"])])
-        if hooks is not None:  # None on the ranks other than 0, which write nothing
-            hooks.end_of_iteration_hook(trainer)
-
-    trainer = None
-    for epoch in range(start_epoch, epochs + 1):
-        if history["stopped_early"]:
-            break
-        # Each epoch depends only on (seed, epoch) and the saved state, whatever ran before it in this process.
-        builders.seed_everything(config["train"]["seed"], epoch)
-        if trainer is None:
-            trainer = builders.build_trainer(
-                config, parts, train_set, run["device"], run["batch_size"], run["iterations"], on_iteration, on_epoch
-            )
-        else:
-            trainer.sampler = builders.make_sampler(config, train_set.labels, run["batch_size"], run["iterations"])
-        trainer.sampler.set_epoch(epoch)
-        run["epoch_started"] = time.perf_counter()
-        # Whether an epoch warms up depends only on its number, so a run resumed in the middle of it goes on alike.
-        warmup = contextlib.nullcontext()
-        if epoch <= warmup_epochs:
-            log(f"epoch {epoch}/{epochs}: warm-up, only the embedding layer and the loss's parameters train")
-            warmup = _backbone_frozen(trainer, parts["model"])
-        log(f"epoch {epoch}/{epochs}: training, {run['iterations']} iterations")  # PML's bar shows the loss
-        with warmup:
-            # DDP (under torchrun) fixes the trainable parameters when it wraps: wrap anew after warm-up changes.
-            trainer.models["trunk"] = distributed.data_parallel(parts["model"])
-            trainer.train(start_epoch=epoch, num_epochs=epoch)
-
-
-def _format_metrics(metrics: Mapping[str, float]) -> str:
-    return ", ".join(f"{metric_title(name)} {value:.4f}" for name, value in sorted_by_k(metrics))
-
-
-def _hooks(config: Mapping[str, Any], output_dir: Path, device, val_set: Dataset, checkpoints: RunCheckpoints):
-    """PML's record-keeper and HookContainer, which records validation and picks the best epoch (the first with the
-    highest validation ``eval.select_by``)."""
-    record_keeper, _, tensorboard_writer = logging_presets.get_record_keeper(
-        str(output_dir / "logs"), str(output_dir / "tensorboard")
-    )
-    if record_keeper is None:
-        raise ConfigError("training needs record-keeper and tensorboard: pip install 'pml-recallk[cli]'")
-    # HookContainer records validation results and picks the best epoch; our checkpoints hold the models.
-    hooks = logging_presets.get_hook_container(
-        record_keeper,
-        primary_metric=config["eval"]["select_by"],
-        validation_split_name="val",
-        save_models=False,
-        log_freq=1,
-    )
-    tester = builders.build_tester(config, device, end_of_testing_hook=hooks.end_of_testing_hook)
-    patience = config["eval"]["patience"] or None
-    validate = hooks.end_of_epoch_hook(tester, {"val": val_set}, str(checkpoints.folder), patience=patience)
-    return record_keeper, tensorboard_writer, hooks, tester, validate
-
-
-def _prepare(config, output_dir: Path, datasets, device, log: Log) -> dict[str, Any]:
-    """Everything a run needs, built and checked before its folder is made."""
-    if datasets is None:
-        log(f"loading {config['data']['dataset']} ...")
-    model, datasets, init = _initial_model(config, datasets, device)
-    train_set = datasets["train"]
-    num_classes = len(np.unique(train_set.labels))
-    batch_size = builders.batch_size_of(config, num_classes)
-    per_rank, world_size = distributed.split_batch(batch_size), distributed.current_world().world_size
-    iterations = builders.iterations_of(config, len(train_set), batch_size)
-    builders.make_sampler(config, train_set.labels, batch_size, iterations)  # its refusals before the folder is made
-    parts = _build_parts(config, model, num_classes, device)
-    if config["train"]["warmup_epochs"]:
-        _embedding_layer(model)  # a model without one is refused before the output folder is made
-    tests = config["data"]["test_splits"]
-    log(
-        f"{len(train_set)} training images ({num_classes} classes), {len(datasets['val'])} validation images, "
-        + ", ".join(f"{len(datasets[n])} {n} images" for n in tests)
-        + f"; {iterations} iterations of {batch_size} per epoch on {device}"
-        + (f" × {world_size} processes ({per_rank} images each)" if world_size > 1 else "")
-        + (f"; starting from {init['path']}" if init else "")
-    )
-    return {
-        "config": config, "datasets": datasets, "device": device, "parts": parts, "init": init,
-        "batch_size": batch_size, "iterations": iterations, "test_names": list(tests),
-    }  # fmt: skip
-
-
-def _start(run: dict[str, Any], state: Mapping[str, Any] | None, log: Log, output_dir: Path) -> tuple[dict, int]:
-    """``(history, first epoch)``: a fresh run evaluates the untrained model; a resumed one restores last.pt."""
-    if state is not None:
-        log(f"resuming {output_dir} after epoch {state['epoch']}")
-        return run["checkpoints"].restore(state, run["parts"]), state["epoch"] + 1
-    history = _new_history(run["init"])
-    if not distributed.current_world().is_main:  # rank 0 alone evaluates
-        return history, 1
-    log("evaluating the untrained model ...")
-    datasets = run["datasets"]
-    splits = {"val": datasets["val"], **{n: datasets[n] for n in run["test_names"]}}
-    untrained = embed_and_evaluate(run["config"], run["parts"]["model"], splits)
-    history["untrained_val"] = untrained["val"]
-    # data.test_splits may name "val" too: the test results keep it (evaluated after training like any test split).
-    history["untrained"] = {n: untrained[n] for n in run["test_names"]}
-    return history, 1
-
-
 def run_experiment(
     config: Mapping[str, Any],
     output_dir: str | Path,
     resume: bool = False,
-    log: Log = _log_to_stderr,
+    log: Log = _log_info,
     datasets: Mapping[str, Dataset] | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
@@ -384,7 +182,7 @@ def run_experiment(
         resume: continue the run in ``output_dir`` from ``checkpoints/last.pt`` (a fresh start if there is
             none). Only :data:`~pml_recallk.experiments.config.RESUMABLE_KEYS` may differ from the saved config,
             and ``train.epochs`` may not be below the epochs already run.
-        log: receives one-line progress messages.
+        log: receives one-line progress messages (default: the ``pml_recallk`` logger at INFO).
         datasets: ``{"train", "val", <test splits>}`` to use instead of :func:`.builders.build_datasets`.
         on_checkpoint: called with the epoch right after each epoch's ``last.pt`` is written (e.g. a test that
             interrupts the run there by raising).
@@ -398,11 +196,11 @@ def run_experiment(
         ``val_curve`` lists the validation metrics per epoch (epoch 0: untrained), ``loss_curve`` ``[iteration, loss]``
         pairs; ``seconds`` is the wall time of every process that worked on the run, ``train_seconds`` that of the
         training steps; ``warnings`` says when validation Recall@1 collapsed
-        (:func:`pml_recallk.trainers.collapse.validation_collapse`).
+        (:func:`pml_recallk.trainers.collapse.validation_collapse`) and when the loss could not learn
+        (:class:`~pml_recallk.losses.recall_k_surrogate_loss.NothingToLearnWarning`).
     """
     started = time.perf_counter()
     output_dir = Path(output_dir)
-    config = builders.with_data_channels(config)  # the saved config says what the model was built for
     with contextlib.ExitStack() as held:
         # Rank 0 checks and locks the folder before reading it (another live run may be writing it); under torchrun
         # the other ranks may not even see it, and learn of a refusal from rank 0.
@@ -416,64 +214,277 @@ def _hold_output_dir(output_dir: Path, held: contextlib.ExitStack) -> None:
 
 
 def _run_locked(config, output_dir: Path, resume: bool, log: Log, datasets, on_checkpoint, started: float) -> dict:
-    """:func:`run_experiment` once the output folder is locked."""
+    """:func:`run_experiment` once the output folder is locked: build, start (or resume), train, finish."""
     main = distributed.current_world().is_main  # under torchrun rank 0 alone logs, evaluates and writes
     log = log if main else _quiet
     # Rank 0 reads the folder and decides (its errors raised on every rank): the others may not even see it.
     state = distributed.from_main(lambda: _resumable_state(output_dir, resume, config))
-    config = copy.deepcopy({table: dict(values) for table, values in config.items()})
-    run = _prepare(config, output_dir, datasets, builders.device_of(config), log)
+    if datasets is None:
+        log(f"loading {config['data']['dataset']} ...")
+    setup = builders.build_setup(config, datasets)
+    config = setup.config  # with the channels the data has, which the model was built for
+    if state is not None:
+        _refuse_another_run(state, config, output_dir)
+    _log_setup(setup, log)
     # Only now that the data loads and the model is built is the output folder made.
-    run["checkpoints"] = distributed.from_main(lambda: _make_output_dir(output_dir, config))
+    checkpoints = distributed.from_main(lambda: _make_output_dir(output_dir, config))
     log(f"writing to {output_dir}")
-    record_keeper, writer, run["hooks"], run["tester"], run["validate"] = (
-        _hooks(config, output_dir, run["device"], run["datasets"]["val"], run["checkpoints"]) if main else [None] * 5
-    )
-    history, start_epoch = _start(run, state, log, output_dir)
-    run.update(started=started, elapsed_before=history["seconds"])
-    _train_epochs(run, history, start_epoch, _epoch_hook(run, history, log, on_checkpoint), log)
-    if not main:
+    records = _Records.start(setup, output_dir, checkpoints) if main else None
+    history, start_epoch = _start(setup, checkpoints, state, log, output_dir)
+    run = _Run(setup, checkpoints, records, history, log, on_checkpoint, started, history.seconds)
+    run.train(start_epoch)
+    if records is None:
         return {}
-    record_keeper.save_records()
-    if writer is not None:
-        writer.close()
-    return _finish(run, history, output_dir, log, started)
+    records.close()
+    return _finish(run, output_dir)
 
 
 def _quiet(message: str) -> None:
     """The log of the ranks other than 0."""
 
 
-def _finish(run: dict[str, Any], history: dict[str, Any], output_dir: Path, log: Log, started: float) -> dict:
+def _log_setup(setup: builders.Setup, log: Log) -> None:
+    datasets, world_size = setup.datasets, distributed.current_world().world_size
+    per_rank = distributed.split_batch(setup.batch_size)
+    log(
+        f"{len(datasets['train'])} training images ({setup.num_classes} classes), {len(datasets['val'])} validation "
+        "images, "
+        + ", ".join(f"{len(datasets[n])} {n} images" for n in setup.test_names)
+        + f"; {setup.iterations} iterations of {setup.batch_size} per epoch on {setup.device}"
+        + (f" × {world_size} processes ({per_rank} images each)" if world_size > 1 else "")
+        + (f"; starting from {setup.init['path']}" if setup.init else "")
+    )
+
+
+def _start(
+    setup: builders.Setup, checkpoints: RunCheckpoints, state: Mapping[str, Any] | None, log: Log, output_dir: Path
+) -> tuple[History, int]:
+    """``(history, first epoch)``: a fresh run evaluates the untrained model; a resumed one restores last.pt."""
+    if state is not None:
+        log(f"resuming {output_dir} after epoch {state['epoch']}")
+        return checkpoints.restore(state, setup.parts), state["epoch"] + 1
+    if not distributed.current_world().is_main:  # rank 0 alone evaluates
+        return History(init_checkpoint=setup.init), 1
+    log("evaluating the untrained model ...")
+    datasets, test_names = setup.datasets, setup.test_names
+    splits = {"val": datasets["val"], **{n: datasets[n] for n in test_names}}
+    untrained = _evaluate(setup.tester, setup.parts.model, splits)
+    # data.test_splits may name "val" too: the test results keep it (evaluated after training like any test split).
+    return History(setup.init, untrained={n: untrained[n] for n in test_names}, untrained_val=untrained["val"]), 1
+
+
+@dataclass(frozen=True)
+class _Records:
+    """Rank 0's records of a run: PML's record-keeper (CSV/SQLite under ``logs``, tensorboard) and HookContainer,
+    which records validation and picks the best epoch (the first with the highest validation ``eval.select_by``);
+    ``validate(trainer)`` runs the setup's validator on the validation split (False: stop, ``eval.patience``)."""
+
+    record_keeper: Any
+    tensorboard_writer: Any
+    hooks: Any
+    validate: Callable[[Any], Any]
+
+    @classmethod
+    def start(cls, setup: builders.Setup, output_dir: Path, checkpoints: RunCheckpoints) -> _Records:
+        record_keeper, _, tensorboard_writer = logging_presets.get_record_keeper(
+            str(output_dir / "logs"), str(output_dir / "tensorboard")
+        )
+        if record_keeper is None:
+            raise ConfigError("training needs record-keeper and tensorboard: pip install 'pml-recallk[cli]'")
+        eval_cfg = setup.config["eval"]
+        # HookContainer records validation results and picks the best epoch; our checkpoints hold the models.
+        hooks = logging_presets.get_hook_container(
+            record_keeper, primary_metric=eval_cfg["select_by"], validation_split_name="val", save_models=False,
+            log_freq=1,
+        )  # fmt: skip
+        setup.validator.end_of_testing_hook = hooks.end_of_testing_hook
+        validate = hooks.end_of_epoch_hook(
+            setup.validator,
+            {"val": setup.datasets["val"]},
+            str(checkpoints.folder),
+            patience=eval_cfg["patience"] or None,
+        )
+        return cls(record_keeper, tensorboard_writer, hooks, validate)
+
+    def close(self) -> None:
+        self.record_keeper.save_records()
+        if self.tensorboard_writer is not None:
+            self.tensorboard_writer.close()
+
+
+@dataclass
+class _Run:
+    """A run in progress: what it trains (``setup``), where it keeps it (``checkpoints``, ``records``: None on the
+    ranks other than 0), what it has recorded (``history``), and its clock (``elapsed_before``: the seconds of the
+    processes that ran it before this one, when resumed)."""
+
+    setup: builders.Setup
+    checkpoints: RunCheckpoints
+    records: _Records | None
+    history: History
+    log: Log
+    on_checkpoint: Callable[[int], None]
+    started: float
+    elapsed_before: float
+    epoch_started: float = 0.0
+    _warnings: list[warnings.WarningMessage] = field(default_factory=list)  # caught this epoch, not yet recorded
+
+    def train(self, start_epoch: int) -> None:
+        """Train epochs ``start_epoch`` … ``train.epochs`` (fewer if validation stops the run early)."""
+        config, parts, trainer = self.setup.config, self.setup.parts, self.setup.trainer
+        trainer.end_of_iteration_hook, trainer.end_of_epoch_hook = self.on_iteration, self.on_epoch
+        epochs, warmup_epochs = config["train"]["epochs"], config["train"]["warmup_epochs"]
+        for epoch in range(start_epoch, epochs + 1):
+            if self.history.stopped_early:
+                break
+            # Each epoch depends only on (seed, epoch) and the saved state, whatever ran before it in this process:
+            # the sampler's batches too, which it draws from (train.seed, epoch) alone.
+            seed_everything(config["train"]["seed"], epoch)
+            trainer.sampler.set_epoch(epoch)
+            self.epoch_started = time.perf_counter()
+            # Whether an epoch warms up depends only on its number, so a run resumed in the middle of it goes on alike.
+            warmup = contextlib.nullcontext()
+            if epoch <= warmup_epochs:
+                self.log(f"epoch {epoch}/{epochs}: warm-up, only the embedding layer and the loss's parameters train")
+                warmup = _backbone_frozen(trainer, parts.model, self.setup.warmup_layer)
+            self.log(f"epoch {epoch}/{epochs}: training, {self.setup.iterations} iterations")  # PML's bar: the loss
+            with warmup, self._caught_warnings():
+                # DDP (under torchrun) fixes the trainable parameters when it wraps: wrap anew after warm-up changes.
+                trainer.models["trunk"] = distributed.data_parallel(parts.model)
+                trainer.train(start_epoch=epoch, num_epochs=epoch)
+
+    @contextlib.contextmanager
+    def _caught_warnings(self) -> Iterator[None]:
+        """Catch the epoch's warnings: :meth:`on_epoch` records a loss's :class:`NothingToLearnWarning` before
+        last.pt is written; the others are shown as they would have been, at the end of the epoch."""
+        with warnings.catch_warnings(record=True) as self._warnings:
+            yield
+        for w in self._warnings:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+        self._warnings = []
+
+    def on_iteration(self, trainer) -> None:
+        self.history.loss.append([trainer.get_global_iteration(), float(trainer.losses["total_loss"])])
+        if self.records is not None:
+            self.records.hooks.end_of_iteration_hook(trainer)
+
+    def on_epoch(self, trainer) -> bool:
+        """The end-of-epoch hook: validate, save best.pt and last.pt, time it all; then call ``on_checkpoint``."""
+        tic, epoch = time.perf_counter(), trainer.epoch
+        self._record_nothing_to_learn(epoch)
+        # Under torchrun rank 0 validates and saves while the others wait for its decision to go on.
+        keep_going = distributed.from_main(lambda: self._validate_and_save(trainer, epoch, tic))
+        self.history.stopped_early = not keep_going
+        self.history.epochs_run = epoch
+        self.on_checkpoint(epoch)
+        return keep_going
+
+    def _record_nothing_to_learn(self, epoch: int) -> None:
+        """Say once, in the log and in the results, that the loss cannot learn (RS@k: no positive pair in any batch,
+        K44; every k at least the batch, K45): its loss curve is 0 while validation still moves (BatchNorm)."""
+        caught, self._warnings = self._warnings, []
+        for warning in caught:
+            if not issubclass(warning.category, NothingToLearnWarning):
+                self._warnings.append(warning)
+                continue
+            message = str(warning.message)
+            if not any(recorded.endswith(f": {message}") for recorded in self.history.warnings):  # once, resumed too
+                self.history.warnings.append(f"epoch {epoch}: {message}")
+                self.log(f"warning: epoch {epoch}: {message}")
+
+    def _validate_and_save(self, trainer, epoch: int, tic: float) -> bool:
+        config, history = self.setup.config, self.history
+        keep_going = True
+        if epoch % config["eval"]["every_n_epochs"] == 0 or epoch == config["train"]["epochs"]:
+            keep_going = self.records.validate(trainer) is not False
+            metrics = _metrics_of(self.setup.validator, "val")
+            history.val.append({"epoch": epoch, **metrics})
+            best_epoch, _ = self.records.hooks.get_best_epoch_and_accuracy(self.setup.validator, "val")
+            self.log(
+                f"epoch {epoch}/{config['train']['epochs']}: validation {_format_metrics(metrics)} "
+                f"(best epoch {best_epoch})"
+            )
+            _check_collapse(history, epoch, self.log)
+            if best_epoch == epoch:
+                history.best_epoch = epoch
+                self.checkpoints.save_best(epoch, config, self.setup.parts.model, metrics)
+        history.stopped_early = not keep_going
+        history.epochs_run = epoch
+        history.seconds = self.elapsed_before + time.perf_counter() - self.started
+        history.train_seconds += tic - self.epoch_started  # the steps of this epoch, validation excluded
+        self.checkpoints.save_last(epoch, config, self.setup.parts, history)
+        return keep_going
+
+
+def _check_collapse(history: History, epoch: int, log: Log) -> None:
+    """Say so, in the log and in the results, when validation Recall@1 falls far below its best or the start."""
+    curve = [row[PRIMARY_METRIC] for row in history.val]
+    message = validation_collapse(curve, floor=history.untrained_val[PRIMARY_METRIC])
+    if message is not None:
+        history.warnings.append(f"epoch {epoch}: training collapse: {message}")
+        log(f"warning: epoch {epoch}: training collapse: {message}; lower train.lr or the batch, or start from "
+            "pretrained weights (model.init_checkpoint)")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _backbone_frozen(trainer, model: torch.nn.Module, embedding_layer: torch.nn.Module) -> Iterator[None]:
+    """While this block runs, only the model's ``embedding_layer`` trains (and the loss's parameters, such as proxies,
+    through their own optimiser).
+
+    Every other parameter of the model has ``requires_grad`` False, so its ``.grad`` stays None and the optimiser
+    skips it, weight decay and momentum included; PML's ``freeze_trunk_batchnorm`` keeps every BatchNorm in eval
+    mode, so the frozen backbone's running statistics do not move either.
+    """
+    trained = {id(parameter) for parameter in embedding_layer.parameters()}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in trained]
+    freeze_trunk_batchnorm = trainer.freeze_trunk_batchnorm
+    trainer.freeze_trunk_batchnorm = True
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
+        trainer.freeze_trunk_batchnorm = freeze_trunk_batchnorm
+
+
+def _format_metrics(metrics: Mapping[str, float]) -> str:
+    return ", ".join(f"{metric_title(name)} {value:.4f}" for name, value in sorted_by_k(metrics))
+
+
+def _finish(run: _Run, output_dir: Path) -> dict:
     """Evaluate the best model on the test split(s); write results.json and the plots."""
-    config, model, test_names = run["config"], run["parts"]["model"], run["test_names"]
-    best = run["checkpoints"].read_best()
+    setup, history = run.setup, run.history
+    config, model, test_names = setup.config, setup.parts.model, setup.test_names
+    best = run.checkpoints.read_best()
     model.load_state_dict(best["model"])
-    log(f"evaluating the best model (epoch {best['epoch']}) on {', '.join(test_names)} ...")
-    trained = embed_and_evaluate(config, model, {n: run["datasets"][n] for n in test_names}, epoch=best["epoch"])
-    history["seconds"] = run["elapsed_before"] + time.perf_counter() - started
+    run.log(f"evaluating the best model (epoch {best['epoch']}) on {', '.join(test_names)} ...")
+    tests = {n: setup.datasets[n] for n in test_names}
+    trained = _evaluate(setup.tester, model, tests, epoch=best["epoch"])
+    history.seconds = run.elapsed_before + time.perf_counter() - run.started
 
     def one_or_all(metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
         return metrics[test_names[0]] if len(test_names) == 1 else metrics
 
     results = {
-        "untrained": one_or_all(history["untrained"]),
+        "untrained": one_or_all(history.untrained),
         "trained": one_or_all(trained),
         "best_epoch": best["epoch"],
         "best_val": best["val"],
-        "epochs_run": history["epochs_run"],
-        "stopped_early": history["stopped_early"],
-        "seconds": round(history["seconds"], 2),
-        "train_seconds": round(history["train_seconds"], 2),
+        "epochs_run": history.epochs_run,
+        "stopped_early": history.stopped_early,
+        "seconds": round(history.seconds, 2),
+        "train_seconds": round(history.train_seconds, 2),
         "test_splits": test_names,
-        "device": str(run["device"]),
+        "device": str(setup.device),
         "threads": torch.get_num_threads(),
-        **distributed.results_entry(run["batch_size"]),
+        **distributed.results_entry(setup.batch_size),
         "loss": {"name": config["loss"]["name"], "settings": loss_entry(config["loss"]["name"]).settings},
-        "init_checkpoint": history["init_checkpoint"],
-        "val_curve": [{"epoch": 0, **history["untrained_val"]}, *history["val"]],
-        "loss_curve": history["loss"],
-        "warnings": history.get("warnings", []),
+        "init_checkpoint": history.init_checkpoint,
+        "val_curve": [{"epoch": 0, **history.untrained_val}, *history.val],
+        "loss_curve": history.loss,
+        "warnings": history.warnings,
         "config": config,
     }
     # Atomic: a runner that finds results.json takes the run as finished.
@@ -490,7 +501,7 @@ def evaluate_checkpoint(
     checkpoint: str | Path,
     config: Mapping[str, Any] | None = None,
     splits: list[str] | None = None,
-    log: Log = _log_to_stderr,
+    log: Log = _log_info,
 ) -> dict[str, dict[str, float]]:
     """Recall@k of the model saved in ``checkpoint`` (``best.pt``/``last.pt``, or a run folder).
 

@@ -15,6 +15,7 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from .. import functional
 from .._checks import (
     check_bool,
+    check_choice,
     check_embeddings,
     check_indices_tuple,
     check_k_values,
@@ -437,10 +438,7 @@ def _check_similarity(distance) -> None:
 
 
 def _check_path(path, distance) -> str:
-    if not isinstance(path, str):
-        raise TypeError(f"path must be one of {PATHS}, got {path!r}")
-    if path not in PATHS:
-        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    check_choice(path, PATHS, "path")
     if path in ("tiled", "fused") and not isinstance(distance, DotProductSimilarity):
         raise ValueError(
             f"path={path!r} computes similarities as dot products of the (normalised) embeddings, so it needs "

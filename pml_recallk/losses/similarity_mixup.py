@@ -12,13 +12,11 @@ from pytorch_metric_learning.losses import BaseLossWrapper
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
-from .._checks import check_embeddings, check_labels, check_positive_int
+from .._checks import check_choice, check_embeddings, check_labels, check_positive_int
 from .recall_k_surrogate_loss import RecallKSurrogateLoss, float_embeddings, loss_precision
 
 QUERIES_AND_DATABASE, DATABASE_ONLY = "queries_and_database", "database_only"
 MODES = (QUERIES_AND_DATABASE, DATABASE_ONLY)
-# The names of release 0.1, accepted with a DeprecationWarning.
-DEPRECATED_MODES = {"official": QUERIES_AND_DATABASE, "database": DATABASE_ONLY}
 
 
 class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
@@ -32,10 +30,10 @@ class SimilarityMixup(BaseLossWrapper, ModuleWithRecords):
     with v are exactly the mixed similarities.
 
     Modes:
-        ``"queries_and_database"`` (the authors' released code; formerly ``"official"``): virtual items are
+        ``"queries_and_database"`` (the authors' released code): virtual items are
             queries and database items (positives of their class, negatives of all others); B real items become
             B + Σ_c C(n_c, 2) queries.
-        ``"database_only"`` (formerly ``"database"``): virtual items only extend the database of the B real
+        ``"database_only"``: virtual items only extend the database of the B real
             queries; a virtual item that has q as a parent is left out of q's database.
 
     Only active in training mode; in ``.eval()`` the wrapper is exactly the wrapped loss.
@@ -257,15 +255,4 @@ def _check_alpha_range(alpha_range) -> tuple[float, float]:
 
 
 def _check_mode(mode) -> str:
-    if not isinstance(mode, str):
-        raise TypeError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode in DEPRECATED_MODES:
-        warnings.warn(
-            f"SimilarityMixup mode={mode!r} is deprecated; use mode={DEPRECATED_MODES[mode]!r} (same behaviour)",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        return DEPRECATED_MODES[mode]
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    return mode
+    return check_choice(mode, MODES, "mode")

@@ -12,12 +12,10 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .._checks import check_bool, check_positive_int
+from .._checks import check_bool, check_choice, check_positive_int
 from .gradient_cache import NonFiniteStepWarning, cached_backward, check_amp_supported
 
 BATCHNORM_POLICIES = ("freeze", "chunk_statistics")
-# The name of release 0.1, accepted with a DeprecationWarning.
-DEPRECATED_BATCHNORM_POLICIES = {"no_double_update": "chunk_statistics"}
 
 
 class MemoryEfficientTrainer(MetricLossOnly):
@@ -42,9 +40,9 @@ class MemoryEfficientTrainer(MetricLossOnly):
             The scaler is not saved by ``HookContainer``.
         batchnorm: ``"freeze"`` (default, as in the paper): every BatchNorm of the trunk and embedder is in
             eval mode during training: running statistics fixed, affine parameters still trained; the
-            gradient is then that of the unchunked batch. ``"chunk_statistics"`` (formerly
-            ``"no_double_update"``): BatchNorm trains and normalises each chunk by the chunk's own statistics,
-            and its running statistics are updated once per chunk per step (not again in the second pass).
+            gradient is then that of the unchunked batch. ``"chunk_statistics"``: BatchNorm trains and normalises
+            each chunk by the chunk's own statistics, and its running statistics are updated once per chunk per
+            step (not again in the second pass).
         stop_on_nan: NaN or infinite embeddings from the model, or a NaN or infinite total loss, raise
             ``FloatingPointError`` naming the epoch and iteration before any optimizer step (True), or skip that
             step with a warning in PML's logger (False).
@@ -231,17 +229,7 @@ class _EmbeddingModel(nn.Module):
 
 
 def _check_batchnorm(policy) -> str:
-    if not isinstance(policy, str):
-        raise TypeError(f"batchnorm must be one of {BATCHNORM_POLICIES}; got {policy!r}")
-    if policy in DEPRECATED_BATCHNORM_POLICIES:
-        new = DEPRECATED_BATCHNORM_POLICIES[policy]
-        warnings.warn(
-            f"batchnorm={policy!r} is deprecated; use batchnorm={new!r} (same behaviour)", DeprecationWarning, 3
-        )
-        return new
-    if policy not in BATCHNORM_POLICIES:
-        raise ValueError(f"batchnorm must be one of {BATCHNORM_POLICIES}; got {policy!r}")
-    return policy
+    return check_choice(policy, BATCHNORM_POLICIES, "batchnorm")
 
 
 def _set_batchnorm_to_eval(module: nn.Module) -> None:

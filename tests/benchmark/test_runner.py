@@ -17,6 +17,7 @@ from pml_recallk import benchmark
 from pml_recallk.benchmark import UNTRAINED, Arm, Sweep
 from pml_recallk.benchmark import runner as runner_module
 from pml_recallk.experiments import LOSSES, builders, load_checkpoint, resolve_config, run_experiment
+from pml_recallk.experiments.checkpoints import seed_everything
 from pml_recallk.experiments.config import ConfigError
 
 
@@ -54,8 +55,8 @@ def brute_force_metrics(embeddings: torch.Tensor, labels: np.ndarray, k_values) 
 
 def run_one(sweep, name, seed, datasets, run_dir):
     """One (arm, seed) as run_sweep runs it."""
-    config = runner_module.planned_config(sweep, sweep.arm(name), seed, runner_module._Data(datasets))
-    spec = runner_module._spec(name, seed, config, datasets)
+    config = runner_module.planned_config(sweep, sweep.arm(name), seed, runner_module._DatasetCache(datasets))
+    spec = runner_module._run_spec(name, seed, config, datasets)
     return runner_module.run_arm(spec, config, datasets, run_dir, log=quiet)
 
 
@@ -98,13 +99,13 @@ def test_every_loss_trains_under_the_same_protocol(loss, config, datasets, tmp_p
 
 def test_untrained_floor_equals_brute_force_recall_and_map_at_r(config, datasets, tmp_path):
     sweep = make_sweep(config)
-    plan = runner_module._planned(sweep, runner_module._Data(datasets))
+    plan = runner_module._planned(sweep, runner_module._DatasetCache(datasets))
     name, seed, floor_config = plan[0]
     assert (name, seed) == (UNTRAINED, 0)
-    spec = runner_module._spec(name, seed, floor_config, datasets)
+    spec = runner_module._run_spec(name, seed, floor_config, datasets)
     result = runner_module.run_arm(spec, floor_config, datasets, tmp_path, log=quiet)
 
-    builders.seed_everything(0, 0)  # the seeding of a run's initial network
+    seed_everything(0, 0)  # the seeding of a run's initial network
     model = builders.build_model(floor_config).eval()
     test = datasets["test"]
     with torch.no_grad():
@@ -175,7 +176,7 @@ def test_equal_steps_and_budget_set_the_steps_per_epoch(config, datasets):
         Arm("b40", "rsk", {"data": {"batch_size": 40}}),
         Arm("b40_equal", "rsk", {"data": {"batch_size": 40}}, equal_steps="b16"),
     ]
-    data = runner_module._Data(datasets)
+    data = runner_module._DatasetCache(datasets)
     sweep = make_sweep(config, arms=arms)
     steps = {a.name: runner_module.planned_config(sweep, a, 0, data)["train"]["iterations_per_epoch"] for a in arms}
     # 80 // 16 = 5 and 80 // 40 = 2 steps per epoch; the equal-steps arm takes the batch-16 arm's 5.

@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,23 +22,15 @@ from pml_recallk.experiments import resolve_config
 from pml_recallk.experiments.checkpoints import (
     CHECKPOINT_FORMAT,
     LAST_ENTRIES,
+    History,
+    Parts,
     RunCheckpoints,
     load_checkpoint,
     output_dir_lock,
+    seed_everything,
 )
 from pml_recallk.experiments.config import ConfigError
 from pml_recallk.experiments.train import run_experiment
-
-TINY = [
-    "data.image_size=16",
-    "data.max_classes=10",
-    "data.batch_size=16",
-    "train.iterations_per_epoch=2",
-    "train.epochs=2",
-    "eval.batch_size=64",
-    "model.width=4",
-    "model.embedding_size=16",
-]
 
 
 def quiet(message: str) -> None:
@@ -45,18 +38,17 @@ def quiet(message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("glyph-cache")
-    return resolve_config(overrides=[*TINY, f"data.glyphs_cache_dir={json.dumps(str(cache))}"])
+def tiny_config(tiny_overrides):
+    return resolve_config(overrides=[*tiny_overrides, "train.epochs=2"])
 
 
-def _parts(seed: int = 0) -> dict:
+def _parts(seed: int = 0, model: torch.nn.Module | None = None) -> Parts:
     torch.manual_seed(seed)
-    model, loss = torch.nn.Linear(3, 2), torch.nn.Linear(2, 1)
+    model, loss = model or torch.nn.Linear(3, 2), torch.nn.Linear(2, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    model(torch.randn(4, 3)).sum().backward()
+    model(torch.randn(4, model.in_features)).sum().backward()
     optimizer.step()  # a momentum buffer: the optimiser's state is not empty
-    return {"model": model, "loss": loss, "optimizers": {"trunk_optimizer": optimizer}, "scheduler": None}
+    return Parts(model=model, loss=loss, miner=None, optimizers={"trunk_optimizer": optimizer}, scheduler=None)
 
 
 # ------------------------------------------------------------------------------------------ contents
@@ -65,7 +57,7 @@ def _parts(seed: int = 0) -> dict:
 def test_last_holds_every_entry_and_restores_the_parts_and_generators(tmp_path):
     checkpoints = RunCheckpoints(tmp_path)
     checkpoints.prepare()
-    parts, history = _parts(0), {"loss": [[1, 0.5]]}
+    parts, history = _parts(0), History(loss=[[1, 0.5]], val=[{"epoch": 1, "recall_at_1": 0.5}], epochs_run=1)
     checkpoints.save_last(3, {"train": {}}, parts, history)
     after_save = torch.rand(3)  # what the generator gives next, as saved
 
@@ -77,10 +69,30 @@ def test_last_holds_every_entry_and_restores_the_parts_and_generators(tmp_path):
     restored = checkpoints.restore(checkpoints.read_last(), other)
     assert restored == history
     assert torch.equal(torch.rand(3), after_save)
-    for name, tensor in parts["model"].state_dict().items():
-        assert torch.equal(other["model"].state_dict()[name], tensor)
-    momentum = other["optimizers"]["trunk_optimizer"].state_dict()["state"][0]["momentum_buffer"]
-    assert torch.equal(momentum, parts["optimizers"]["trunk_optimizer"].state_dict()["state"][0]["momentum_buffer"])
+    for name, tensor in parts.model.state_dict().items():
+        assert torch.equal(other.model.state_dict()[name], tensor)
+    momentum = other.optimizers["trunk_optimizer"].state_dict()["state"][0]["momentum_buffer"]
+    assert torch.equal(momentum, parts.optimizers["trunk_optimizer"].state_dict()["state"][0]["momentum_buffer"])
+
+
+def test_a_history_saved_by_an_older_run_keeps_the_defaults_of_the_entries_it_lacks(tmp_path):
+    """last.pt of a run before History had ``warnings`` (written only after a collapse) still resumes."""
+    checkpoints = RunCheckpoints(tmp_path)
+    checkpoints.save_last(1, {}, _parts(), History(loss=[[0, 1.0]]))
+    state = torch.load(checkpoints.last, weights_only=True)
+    del state["history"]["warnings"]
+    state["history"]["an_entry_of_the_future"] = 1
+    torch.save(state, checkpoints.last)
+    restored = checkpoints.restore(checkpoints.read_last(), _parts())
+    assert restored == History(loss=[[0, 1.0]]) and restored.warnings == []
+
+
+def test_seeding_depends_only_on_seed_and_epoch():
+    draws = []
+    for seed, epoch in ((1, 2), (1, 3), (1, 2)):
+        seed_everything(seed, epoch)
+        draws.append((torch.rand(1).item(), float(np.random.rand())))  # noqa: NPY002 - the generator PML uses
+    assert draws[0] == draws[2] and draws[0] != draws[1]
 
 
 def test_a_folder_without_last_reads_as_a_fresh_run(tmp_path):
@@ -97,7 +109,7 @@ def test_a_run_folder_means_its_best_checkpoint(tmp_path):
 @pytest.mark.parametrize("entry", ["rng", "history", "optimizers"])
 def test_a_last_checkpoint_without_an_entry_is_one_line_naming_the_file_and_the_entry(tmp_path, entry):
     checkpoints = RunCheckpoints(tmp_path)
-    checkpoints.save_last(1, {}, _parts(), {})
+    checkpoints.save_last(1, {}, _parts(), History())
     state = torch.load(checkpoints.last, weights_only=True)
     del state[entry]
     torch.save(state, checkpoints.last)
@@ -108,7 +120,7 @@ def test_a_last_checkpoint_without_an_entry_is_one_line_naming_the_file_and_the_
 
 def test_a_last_checkpoint_whose_rng_is_of_another_shape_is_refused(tmp_path):
     checkpoints = RunCheckpoints(tmp_path)
-    checkpoints.save_last(1, {}, _parts(), {})
+    checkpoints.save_last(1, {}, _parts(), History())
     state = torch.load(checkpoints.last, weights_only=True)
     state["rng"] = {"torch": state["rng"]["torch"]}
     torch.save(state, checkpoints.last)
@@ -118,9 +130,8 @@ def test_a_last_checkpoint_whose_rng_is_of_another_shape_is_refused(tmp_path):
 
 def test_a_last_checkpoint_that_does_not_fit_the_model_is_one_line(tmp_path):
     checkpoints = RunCheckpoints(tmp_path)
-    checkpoints.save_last(1, {}, _parts(), {})
-    other = _parts()
-    other["model"] = torch.nn.Linear(5, 2)
+    checkpoints.save_last(1, {}, _parts(), History())
+    other = _parts(model=torch.nn.Linear(5, 2))
     with pytest.raises(ConfigError, match="does not fit this run's model") as error:
         checkpoints.restore(checkpoints.read_last(), other)
     assert "\n" not in str(error.value)
@@ -159,10 +170,10 @@ def _disk_full_in_torch_save(monkeypatch, after_bytes: int = 100) -> None:
 
 def test_a_full_disk_while_writing_last_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     checkpoints = RunCheckpoints(tmp_path)
-    checkpoints.save_last(1, {}, _parts(), {"epoch": 1})
+    checkpoints.save_last(1, {}, _parts(), History(epochs_run=1))
     _disk_full_in_torch_save(monkeypatch)
     with pytest.raises(ConfigError, match="the disk is full: .*last.pt.*intact.*--resume") as error:
-        checkpoints.save_last(2, {}, _parts(), {"epoch": 2})
+        checkpoints.save_last(2, {}, _parts(), History(epochs_run=2))
     assert "\n" not in str(error.value)
     monkeypatch.undo()
     assert checkpoints.read_last()["epoch"] == 1

@@ -13,6 +13,7 @@ from PIL import Image
 
 from pml_recallk.cli import main
 from pml_recallk.experiments import builders, load_checkpoint, resolve_config
+from pml_recallk.experiments.checkpoints import Parts
 
 # 16-px images, 6 classes of 5, the small CNN, 2 epochs of 2 iterations: a few seconds a run.
 QUICK = [
@@ -216,8 +217,7 @@ def test_stop_on_nan_is_a_config_key_that_reaches_the_trainer():  # K48
     config = resolve_config(overrides=["train.stop_on_nan=false"])
     model = builders.build_model(config)
     loss, miner = builders.build_loss(config, 4)
-    parts = {"model": model, "loss": loss, "miner": miner, "scheduler": None,
-             "optimizers": builders.build_optimizers(config, model, loss)}  # fmt: skip
+    parts = Parts(model, loss, miner, builders.build_optimizers(config, model, loss), scheduler=None)
     data = torch.utils.data.TensorDataset(torch.zeros(8, 1, 32, 32), torch.arange(8) % 2)
     data.labels = np.arange(8) % 2
     trainer = builders.build_trainer(config, parts, data, torch.device("cpu"), 8, 1, lambda t: None, lambda t: True)

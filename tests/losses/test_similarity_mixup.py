@@ -270,14 +270,11 @@ def test_refuses_losses_that_cannot_take_virtual_items():
         )
 
 
-@pytest.mark.parametrize("old,new", [("official", "queries_and_database"), ("database", "database_only")])
-def test_old_mode_names_still_work_with_a_deprecation_warning(old, new):
-    emb, labels = batch((3, 2, 3), seed=4)
-    with pytest.warns(DeprecationWarning, match=new):
-        mixup = SimilarityMixup(RecallKSurrogateLoss(), mode=old, alpha_range=(0.4, 0.4))
-    assert mixup.mode == new
-    expected = SimilarityMixup(RecallKSurrogateLoss(), mode=new, alpha_range=(0.4, 0.4))(emb, labels)
-    assert mixup(emb, labels).item() == expected.item()
+@pytest.mark.parametrize("old", ["official", "database"])
+def test_the_mode_names_of_release_0_1_are_refused_by_the_library(old):
+    """Only a config file's old spelling is translated (experiments.config.upgrade_tables)."""
+    with pytest.raises(ValueError, match="mode must be one of"):
+        SimilarityMixup(RecallKSurrogateLoss(), mode=old)
 
 
 def test_refuses_a_similarity_that_mixing_is_not_linear_in():

@@ -326,10 +326,9 @@ def test_rsk_with_nan_embeddings_skips_every_step_and_says_so(models, device, ca
     assert caplog.text.count("total_loss is nan") == caplog.text.count("skipping this step") == 3
 
 
-def test_old_batchnorm_policy_name_is_deprecated(models, device):
-    with pytest.warns(DeprecationWarning, match="chunk_statistics"):
-        trainer = make_trainer(MemoryEfficientTrainer, models, device, batchnorm="no_double_update")
-    assert trainer.batchnorm == "chunk_statistics"
+def test_the_batchnorm_policy_name_of_release_0_1_is_refused(models, device):
+    with pytest.raises(ValueError, match="batchnorm must be one of"):
+        make_trainer(MemoryEfficientTrainer, models, device, batchnorm="no_double_update")
 
 
 def test_a_batch_of_the_whole_training_split_steps_like_the_plain_full_batch_gradient(models, device):

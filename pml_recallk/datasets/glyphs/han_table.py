@@ -21,9 +21,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import os
 import re
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -391,7 +391,9 @@ def _filter_and_group(
     dropped["same render as another face"] = sum(len(r["chars"]) for r in results) - len(images)
     dropped["near-duplicate of another face's render"] = int((~keep).sum())
     group, _ = design_groups(faces, same, common)
-    print(f"HanGlyphs: scoring how each of {len(faces)} faces agrees with the other designs ...", file=sys.stderr)
+    logging.getLogger(__name__).info(
+        "HanGlyphs: scoring how each of %d faces agrees with the other designs ...", len(faces)
+    )
     scores = consensus_score([r["chars"] for r in results], [r["images"] for r in results], group, len(characters))
     for face, result, score in zip(faces, results, scores):
         if score < MIN_CONSENSUS_SCORE:
