@@ -5,7 +5,7 @@ from ``embedding_layer()`` (the part a warm-up trains alone). Imports are lazy s
 timm, and nothing here downloads weights (``pretrained_path`` reads a local file).
 """
 
-from importlib import import_module
+from .._lazy import lazy_names
 
 _PUBLIC = {
     "SmallConvNet": ".small_cnn",
@@ -19,18 +19,4 @@ _PUBLIC = {
 }
 
 __all__ = sorted([*_PUBLIC, "transforms"])
-
-
-def __getattr__(name: str):
-    if name == "transforms":
-        value = import_module(".transforms", __name__)
-    elif name in _PUBLIC:
-        value = getattr(import_module(_PUBLIC[name], __name__), name)
-    else:
-        raise AttributeError(f"module 'pml_recallk.models' has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_names(globals(), {**_PUBLIC, "transforms": ".transforms"})
