@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 from . import benchmark, experiments  # lazy packages: torch's trainer stack loads when a command needs it
 from ._io import write_json_atomic
 from .experiments.config import DATASETS, ConfigError, dumps_toml, resolve_config
-from .experiments.registry import folder_dataset
+from .experiments.registry import dataset_class
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -35,7 +35,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", choices=DATASETS, help="data set (its paper recipe is the base config)")
-    parser.add_argument("--data-root", metavar="PATH", help="folder of the data set's standard layout")
+    parser.add_argument(
+        "--data-root",
+        metavar="PATH",
+        help="the data: a benchmark's folder, an image folder (image_folder), a CSV (csv)",
+    )
     parser.add_argument(
         "--config", metavar="FILE", help="TOML config file (the keys of pml-recallk config), e.g. a copy of its output"
     )
@@ -128,9 +132,9 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _check_data_root(config: Mapping[str, Any]) -> None:
-    root = config["data"]["root"]
-    if folder_dataset(config["data"]["dataset"]) and not Path(root).is_dir():
-        raise ConfigError(f"data root {root!r} of {config['data']['dataset']} is not a folder")
+    root, dataset = config["data"]["root"], config["data"]["dataset"]
+    if dataset_class(dataset).needs_root and not Path(root).exists():
+        raise ConfigError(f"data root {root!r} of {dataset} does not exist")
 
 
 def _default_output_dir(dataset: str) -> Path:
@@ -196,6 +200,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     if output is not None and output.is_dir():
         raise ConfigError(f"--output {str(output)!r} is a folder; name a file such as results.json")
     saved = experiments.load_checkpoint(args.checkpoint)["config"]
+    trained_on = saved.get("data", {}).get("dataset", "glyphs")
+    if args.dataset is not None and args.dataset != trained_on:
+        # A run is scored on the data it was trained on; its saved config names the data set and its root.
+        raise ConfigError(
+            f"{args.checkpoint} was trained on {trained_on}, not {args.dataset}: leave out --dataset (the run's data "
+            "set and root are used; --data-root may give the same data in another place)"
+        )
     config = resolve_config(args.dataset, args.config, _overrides(args), base=saved)
     _check_data_root(config)
     results = experiments.evaluate_checkpoint(args.checkpoint, config, splits=args.split)

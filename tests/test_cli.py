@@ -94,7 +94,7 @@ def one_error_line(capsys, argv: list[str]) -> str:
         (["train", "--dataset", "imagenet"], "argument --dataset: invalid choice: 'imagenet'"),
         (["train", "--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
         (["train", "--frobnicate"], "unrecognized arguments: --frobnicate"),
-        (["train", "--dataset", "cub"], "the cub dataset needs its folder: pass --data-root PATH"),
+        (["train", "--dataset", "cub"], "the cub dataset needs its data: pass --data-root PATH"),
         (["train", "--dataset", "cub", "--data-root", "/no/such/folder"], "data root '/no/such/folder' of cub"),
         (["train", "--set", "train.epoch=3"], "unknown config key 'train.epoch'; did you mean train.epochs?"),
         (["train", "--set", "train.epochs=abc"], "train.epochs must be int, got 'abc'"),

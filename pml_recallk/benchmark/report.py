@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..experiments.builders import MAP_AT_R  # noqa: E402
-from ..experiments.registry import LOSSES  # noqa: E402
+from ..experiments.registry import loss_entry  # noqa: E402
 from .sweep import FLOORS, PRETRAINED, UNTRAINED, Sweep, arm_overrides_text, sweep_toml  # noqa: E402
 
 __all__ = ["load_results", "summarize", "write_report"]
@@ -209,7 +209,7 @@ def _settings(sweep: Sweep, rows: Sequence[Mapping[str, Any]]) -> list[str]:
             lines.append(f"- `{PRETRAINED}`: the network of `{path}`, not trained further (a floor).")
         elif name in sweep.names:
             arm = sweep.arm(name)
-            lines.append(f"- `{name}`: {LOSSES[arm.loss].settings}; {arm_overrides_text(arm)}.")
+            lines.append(f"- `{name}`: {loss_entry(arm.loss).settings}; {arm_overrides_text(arm)}.")
     return lines
 
 

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 from .._io import write_json_atomic
 from ..experiments import builders
 from ..experiments.config import DATASETS, RUNTIME_KEYS, ConfigError, upgrade_config
-from ..experiments.registry import LOSSES
+from ..experiments.registry import LOSSES, loss_entry
 from ..experiments.train import evaluate_initial_model, run_experiment
 from .report import load_results, write_report
 from .sweep import FLOORS, Arm, Sweep, load_sweep
@@ -128,7 +128,7 @@ def _spec(
     batch, steps = _steps_per_epoch(config, datasets)
     epochs = config["train"]["epochs"]
     return {
-        **spec, "loss": config["loss"]["name"], "settings": LOSSES[config["loss"]["name"]].settings,
+        **spec, "loss": config["loss"]["name"], "settings": loss_entry(config["loss"]["name"]).settings,
         "batch_size": batch, "chunk_size": config["train"]["chunk_size"] or batch, "steps_per_epoch": steps,
         "steps": steps * epochs, "images_seen": steps * epochs * batch, "evaluate_only": False,
         "equal_steps": equal_steps,

@@ -56,7 +56,7 @@ from ..experiments.config import (
     resolve_config,
     validate_config,
 )
-from ..experiments.registry import LOSSES
+from ..experiments.registry import LOSSES, loss_entry
 
 __all__ = ["FLOORS", "PRETRAINED", "UNTRAINED", "Arm", "Sweep", "load_sweep", "sweep_toml"]
 
@@ -87,8 +87,10 @@ class Arm:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.isidentifier() or self.name in FLOORS:
             raise ConfigError(f"arm name must be a Python identifier other than {FLOORS}, got {self.name!r}")
-        if self.loss not in LOSSES:
-            raise ConfigError(f"arm {self.name}: unknown loss {self.loss!r}; the benchmark knows {', '.join(LOSSES)}")
+        try:
+            loss_entry(self.loss)  # a preset of LOSSES, or a loss class by name (ArcFaceLoss)
+        except ValueError as error:
+            raise ConfigError(f"arm {self.name}: {error}") from None
         for table, values in self.overrides.items():
             if table not in SCHEMA or not isinstance(values, Mapping):
                 raise ConfigError(f"arm {self.name}: [arms.{self.name}.{table}] must be a table of config keys")

@@ -1,4 +1,5 @@
-"""Datasets: the five benchmarks of the paper read from local folders, and the embedded glyph data.
+"""Datasets: the five benchmarks of the paper read from local folders, the embedded glyph data, and a user's own
+images (a folder of class folders, or a CSV listing).
 
 Each data set has a short name (the one the configuration and the command line use) and a class; the class
 carries its evaluation protocol as the attribute ``recall_k_values``, the k of the Recall@k that papers report
@@ -24,7 +25,11 @@ _PUBLIC = {
     "VehicleID": ".vehicle_id",
     "Glyphs": ".glyphs",
     "HanGlyphs": ".han_glyphs",
+    "ImageFolder": ".generic",
+    "CsvImages": ".generic",
+    "ConfigurableDataset": ".common",
     "class_disjoint_split": ".common",
+    "load_image": ".images",
 }
 
 DATASET_CLASSES: dict[str, str] = {
@@ -35,8 +40,14 @@ DATASET_CLASSES: dict[str, str] = {
     "sop": "StanfordOnlineProducts",
     "inaturalist": "INaturalist2018",
     "vehicleid": "VehicleID",
+    "image_folder": "ImageFolder",
+    "csv": "CsvImages",
 }
-"""The short name of every data set and the name of its class in this package: the one list of data sets."""
+"""The short name of every data set and the name of its class in this package: the one list of data sets.
+
+Each class is a :class:`~.common.ConfigurableDataset`: it declares its splits, Recall@k preset, channels, whether it
+needs ``data.root``, its own ``[data]`` keys and how it is built from the ``[data]`` table, so that adding a data set
+is its own file and one line here (the classes are imported when first used)."""
 
 __all__ = sorted([*_PUBLIC, "DATASET_CLASSES", "dataset_class", "recall_k_values"])
 

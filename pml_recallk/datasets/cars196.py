@@ -78,4 +78,4 @@ class Cars196(ImageListDataset):
             if (class_id <= 98) == (split == "train"):
                 image_paths.append(root / relative_path)
                 class_ids.append(class_id)
-        super().__init__(root, image_paths, class_ids, transform, listing=annotations_file)
+        super().__init__(root, image_paths, class_ids, transform, listing=annotations_file, split=split)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,28 @@ def require_path(path: Path, dataset_name: str, layout: str) -> Path:
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, stripped_line)`` for the non-blank lines of a text file (numbers start at 1)."""
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            line = line.strip()
+    """Yield ``(line_number, stripped_line)`` for the non-blank lines of a UTF-8 text file (numbers start at 1).
+
+    A line that is not UTF-8 is a ValueError naming the file and the line (a listing written in latin-1, or a
+    binary file where a listing was expected), not a bare ``UnicodeDecodeError``.
+    """
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            line = decode_line(raw, path, line_number).strip()
             if line:
                 yield line_number, line
+
+
+def decode_line(raw: bytes, path: Path, line_number: int) -> str:
+    """``raw`` decoded as UTF-8 (a byte-order mark on line 1 dropped), or a ValueError naming the file and line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path}, line {line_number}: not UTF-8 text (byte {raw[error.start]:#04x} at column {error.start + 1}); "
+            "save the file as UTF-8"
+        ) from None
+    return text.removeprefix("\ufeff") if line_number == 1 else text
 
 
 def parse_int(text: str, path: Path, line_number: int, what: str) -> int:
@@ -98,10 +114,55 @@ def remap_labels(class_ids: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64).reshape(-1)
 
 
-class ImageListDataset(Dataset):
-    """A list of image files with one class id each, opened lazily with PIL and converted to RGB.
+class ConfigurableDataset:
+    """What a data set declares so that the application (``pml-recallk``) can use it without knowing its name.
 
-    Construction checks that every listed image exists (:func:`check_images_exist`).
+    Class attributes (override them in the data set's class):
+
+    * ``splits``: the splits it can load (:meth:`available_splits` may narrow them by the data, e.g. a CSV file);
+    * ``recall_k_values``: its Recall@k preset, the k reported for it;
+    * ``channels``: image channels of its images, 1 or 3; 0 means "from the data" (:meth:`data_channels`);
+    * ``needs_root``: whether it is read from ``data.root`` (a folder or a file);
+    * ``config_fields``: the ``[data]`` keys it reads beyond the shared ones, ``{key: (kind, default, help)}``
+      with kind one of ``int``, ``float``, ``bool``, ``str``, ``list[str]``;
+
+    and :meth:`from_config`, which builds one split from the ``[data]`` table.
+
+    Example:
+        >>> from pml_recallk.datasets import dataset_class
+        >>> cls = dataset_class("cub")
+        >>> cls.needs_root, cls.channels, cls.available_splits({"root": "/data/CUB_200_2011"})
+        (True, 3, ('train', 'test'))
+    """
+
+    splits: tuple[str, ...] = ("train", "test")
+    recall_k_values: tuple[int, ...] = (1, 2, 4, 8)
+    channels: int = 3
+    needs_root: bool = True
+    config_fields: dict[str, tuple[str, Any, str]] = {}
+
+    @classmethod
+    def available_splits(cls, data: Mapping[str, Any]) -> tuple[str, ...]:
+        """The splits of the data the ``[data]`` table describes (default: ``splits``)."""
+        return tuple(cls.splits)
+
+    @classmethod
+    def data_channels(cls, data: Mapping[str, Any]) -> int:
+        """Image channels (1 or 3) of the data the ``[data]`` table describes (default: ``channels``)."""
+        return cls.channels
+
+    @classmethod
+    def from_config(cls, data: Mapping[str, Any], split: str) -> Dataset:
+        """Split ``split`` of the data set, from the ``[data]`` table (default: ``cls(data["root"], split)``)."""
+        return cls(data["root"], split=split)
+
+
+class ImageListDataset(ConfigurableDataset, Dataset):
+    """A list of image files with one class id each, opened lazily with :func:`~.images.load_image`.
+
+    Construction checks that every listed image exists (:func:`check_images_exist`) and that no file is listed
+    twice (under one id or two: a duplicated test image finds itself and inflates Recall@k); :meth:`check_images`
+    decodes them all (once per data root, cached).
 
     Attributes:
         root: the folder the image paths are relative to.
@@ -110,7 +171,11 @@ class ImageListDataset(Dataset):
         labels: the class ids remapped to ``0..C-1`` within this split, in increasing order of ``class_ids``
             (1-D int64). ``dataset[i]`` returns ``labels[i]``.
         transform: applied to the PIL image; ``None`` returns the PIL image itself.
+        image_mode: the mode every image is converted to (``"RGB"`` for the paper's benchmarks); ``None`` keeps
+            what :func:`~.images.load_image` returns (``"L"`` or ``"RGB"``).
     """
+
+    image_mode: str | None = "RGB"
 
     def __init__(
         self,
@@ -119,13 +184,17 @@ class ImageListDataset(Dataset):
         class_ids: Sequence[int],
         transform: Callable[[Any], Any] | None,
         listing: Path,
+        split: str | None = None,
+        line_numbers: Sequence[int] | None = None,
     ) -> None:
         name = type(self).__name__
         if transform is not None and not callable(transform):
             raise TypeError(f"{name}: transform must be callable or None, got {type(transform).__name__}")
         if len(image_paths) == 0:
-            raise ValueError(f"{name}: {listing} lists no images")
+            where = f"no image of {listing} is in the {split!r} split" if split else f"{listing} lists no images"
+            raise ValueError(f"{name}: {where}")
         check_images_exist(image_paths, listing, name)
+        check_listed_once(image_paths, listing, name, line_numbers)
         self.root = root
         self.image_paths = list(image_paths)
         self.class_ids = np.asarray(class_ids, dtype=np.int64)
@@ -137,28 +206,50 @@ class ImageListDataset(Dataset):
     def num_classes(self) -> int:
         return int(self.labels.max()) + 1
 
+    def check_images(self, progress: bool = True) -> list[int]:
+        """Decode every image once (:func:`~.images.check_images`): a bad file is an error naming it; return the
+        bands of each image."""
+        from .images import check_images
+
+        return check_images(self.image_paths, self.listing, type(self).__name__, progress, cache_key=self.root)
+
     def __len__(self) -> int:
         return len(self.image_paths)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        # Imported here, not at the top: `import pml_recallk.datasets` (and the lazy package __init__ that
-        # lists the loaders) stays free of PIL until an image is actually read.
-        from PIL import Image
+        from .images import load_image
 
         path = self.image_paths[index]
         try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"{type(self).__name__}: image {path} (listed in {self.listing}) is missing"
-            ) from None
+            image = load_image(path)
+        except (FileNotFoundError, ValueError) as error:
+            raise type(error)(f"{type(self).__name__}: {error} (listed in {self.listing})") from None
+        if self.image_mode is not None and image.mode != self.image_mode:
+            image = image.convert(self.image_mode)
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[index])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, images={len(self)}, classes={self.num_classes})"
+
+
+def check_listed_once(
+    image_paths: Sequence[Path], listing: Path, dataset_name: str, line_numbers: Sequence[int] | None = None
+) -> None:
+    """Raise ValueError if one file appears twice in ``image_paths`` (compared after resolving ``..`` and links)."""
+    first: dict[str, int] = {}
+    for index, path in enumerate(image_paths):
+        key = os.path.realpath(path)
+        if key in first:
+            where = ""
+            if line_numbers is not None:
+                where = f" (lines {line_numbers[first[key]]} and {line_numbers[index]})"
+            raise ValueError(
+                f"{dataset_name}: {listing} lists the image {path} twice{where}; a duplicated image finds itself "
+                "as its nearest neighbour and inflates Recall@k. Remove one of the two entries"
+            )
+        first[key] = index
 
 
 class ClassSubset(Subset):
@@ -226,12 +317,16 @@ def class_disjoint_split(dataset: Dataset, val_fraction: float = 0.2, seed: int 
     return ClassSubset(dataset, np.flatnonzero(~in_val)), ClassSubset(dataset, np.flatnonzero(in_val))
 
 
-class GlyphImages(Dataset):
+class GlyphImages(ConfigurableDataset, Dataset):
     """What the glyph data sets share: ``images`` ((N, s, s) uint8), ``labels``, ``characters`` and ``transform``.
+
+    Rendered in the package, one channel: ``channels = 1``, ``needs_root = False``.
 
     ``dataset[i]`` is ``(PIL image of mode "L", int label)``, the image passed through ``transform`` if set.
     """
 
+    channels = 1
+    needs_root = False
     images: np.ndarray
     labels: np.ndarray
     characters: tuple[str, ...]

@@ -59,7 +59,7 @@ class CUB200(ImageListDataset):
         in_split = [i for i in relative_paths if (class_of_image[i] <= 100) == (split == "train")]
         image_paths = [images_dir / relative_paths[i] for i in in_split]
         class_ids = [class_of_image[i] for i in in_split]
-        super().__init__(root, image_paths, class_ids, transform, listing=images_txt)
+        super().__init__(root, image_paths, class_ids, transform, listing=images_txt, split=split)
 
 
 def _read_image_paths(images_txt: Path) -> dict[int, str]:

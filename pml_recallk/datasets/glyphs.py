@@ -297,6 +297,24 @@ class Glyphs(GlyphImages):
     splits = ("train", "test")
     # Not a paper benchmark: CUB's k, as the default test split (47 classes) is of the size of CUB's (100).
     recall_k_values = (1, 2, 4, 8)
+    config_fields = {
+        "glyphs_font_dirs": ("list[str]", [], "glyphs: font folders to render from ([] = matplotlib's fonts)"),
+        "glyphs_one_face_per_family": (
+            "bool", False, "glyphs: only each family's plain upright face (no two samples are styles of one design)"
+        ),
+        "glyphs_cache_dir": ("str", "", 'glyph sets: where rendered images are cached ("" = the default)'),
+    }  # fmt: skip
+
+    @classmethod
+    def from_config(cls, data: dict[str, Any], split: str) -> Glyphs:
+        """The split from a ``[data]`` table (``image_size`` and the ``glyphs_*`` keys)."""
+        return cls(
+            split,
+            font_dirs=data["glyphs_font_dirs"] or None,
+            image_size=data["image_size"],
+            cache_dir=data["glyphs_cache_dir"] or None,
+            one_face_per_family=data["glyphs_one_face_per_family"],
+        )
 
     def __init__(
         self,

@@ -137,6 +137,24 @@ class HanGlyphs(GlyphImages):
 
     splits = ("train", "test", "pretrain")
     recall_k_values = (1, 2, 4, 8, 16, 32)
+    config_fields = {
+        "han_font_dir": ("str", "", 'han_glyphs: folder of the fetched CJK fonts ("" = the default)'),
+        "images_per_class": ("int", 0, "han_glyphs: cap on images per class (0 = the class's default)"),
+        "glyphs_cache_dir": ("str", "", 'glyph sets: where rendered images are cached ("" = the default)'),
+    }
+
+    @classmethod
+    def from_config(cls, data: dict[str, Any], split: str) -> HanGlyphs:
+        """The split from a ``[data]`` table (``image_size``, ``split_seed``, ``han_font_dir``, ...)."""
+        kwargs = {"images_per_class": data["images_per_class"]} if data["images_per_class"] else {}
+        return cls(
+            split,
+            font_dir=data["han_font_dir"] or None,
+            image_size=data["image_size"],
+            seed=data["split_seed"],
+            cache_dir=data["glyphs_cache_dir"] or None,
+            **kwargs,
+        )
 
     def __init__(
         self,

@@ -50,7 +50,7 @@ class StanfordOnlineProducts(ImageListDataset):
         if first is None or first[1].split() != _HEADER:
             found = "an empty file" if first is None else repr(first[1])
             raise ValueError(f"{listing}, line 1: expected the header {' '.join(_HEADER)!r}, found {found}")
-        image_paths, class_ids, super_class_ids = [], [], []
+        image_paths, class_ids, super_class_ids, line_numbers = [], [], [], []
         for line_number, line in lines:
             fields = line.split()
             if len(fields) != 4:
@@ -61,5 +61,6 @@ class StanfordOnlineProducts(ImageListDataset):
             class_ids.append(parse_int(fields[1], listing, line_number, "class_id"))
             super_class_ids.append(parse_int(fields[2], listing, line_number, "super_class_id"))
             image_paths.append(root / fields[3])
-        super().__init__(root, image_paths, class_ids, transform, listing=listing)
+            line_numbers.append(line_number)
+        super().__init__(root, image_paths, class_ids, transform, listing=listing, line_numbers=line_numbers)
         self.super_class_ids = np.asarray(super_class_ids, dtype=np.int64)

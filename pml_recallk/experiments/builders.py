@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from pytorch_metric_learning.samplers import MPerClassSampler
 from pytorch_metric_learning.testers import GlobalEmbeddingSpaceTester
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from .. import losses as losses_module
 from ..datasets import class_disjoint_split
@@ -32,7 +33,7 @@ from ..models import build_model as build_named_model
 from ..models import transforms
 from ..trainers import MemoryEfficientTrainer
 from .config import ConfigError
-from .registry import GRAYSCALE_DATASETS, LOSSES, dataset_class
+from .registry import MODELS, build_loss_and_miner, dataset_class, loss_entry
 
 __all__ = [
     "MAP_AT_R",
@@ -46,6 +47,7 @@ __all__ = [
     "build_scheduler",
     "build_tester",
     "build_trainer",
+    "data_channels",
     "device_of",
     "input_channels",
     "iterations_of",
@@ -78,46 +80,66 @@ class TransformedDataset(Dataset):
         image, label = self.dataset[index]
         return self.transform(image), label
 
+    @property
+    def query_gallery(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(is_query, is_gallery)`` of the underlying data (a CSV listing's columns), or None."""
+        return _query_gallery(self.dataset)
+
+
+def _query_gallery(dataset: Dataset) -> tuple[np.ndarray, np.ndarray] | None:
+    if isinstance(dataset, Subset):
+        flags = _query_gallery(dataset.dataset)
+        return None if flags is None else tuple(f[np.asarray(dataset.indices)] for f in flags)
+    is_query = getattr(dataset, "is_query", None)
+    return None if is_query is None else (np.asarray(is_query, bool), np.asarray(dataset.is_gallery, bool))
+
+
+def _loader_error(error: Exception) -> ConfigError:
+    """A loader's own check (a missing folder, listing or image, a malformed line) as the command's one line."""
+    return ConfigError(str(error).splitlines()[0] if str(error) else repr(error))
+
+
+def data_channels(config: Mapping[str, Any]) -> int:
+    """The channels (1 or 3) of the config's data: ``data.channels``, else what the data set says
+    (:meth:`~pml_recallk.datasets.ConfigurableDataset.data_channels`; a generic set decodes its images, cached)."""
+    data = config["data"]
+    if data["channels"]:
+        return data["channels"]
+    try:
+        return dataset_class(data["dataset"]).data_channels(data)
+    except (FileNotFoundError, ValueError) as error:
+        raise _loader_error(error) from None
+
+
+def with_data_channels(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A copy of ``config`` whose ``data.channels`` says the data's channels when only the data can tell (a generic
+    set's 0 resolved by :func:`data_channels`), so that a run's saved config says what its model was built for.
+    A data set whose class fixes its channels (the glyphs: 1) keeps 0: the config already says it."""
+    result = copy.deepcopy({table: dict(values) for table, values in config.items()})
+    if not result["data"]["channels"] and not dataset_class(result["data"]["dataset"]).channels:
+        result["data"]["channels"] = data_channels(config)
+    return result
+
 
 def input_channels(config: Mapping[str, Any]) -> int:
-    """Image channels the model of ``config`` is built for: 1 for the small CNN on rendered glyphs, else 3.
+    """Image channels the model of ``config`` is built for: the model's own (3 for an ImageNet backbone), else the
+    data's (:func:`data_channels`: 1 for the glyphs, from the images for a generic set).
 
-    A model keeps the channels of the config it was trained with, even when evaluated on another data set
-    (the transforms convert the images to match).
+    A model keeps the channels of the config it was trained with, even when evaluated on other data (the
+    transforms convert the images to match).
     """
-    return 1 if config["data"]["dataset"] in GRAYSCALE_DATASETS and config["model"]["name"] == "small_cnn" else 3
-
-
-def _dataset_arguments(data: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Positional and keyword arguments of the data set's class, from the ``[data]`` table."""
-    if data["dataset"] == "glyphs":
-        return (), {
-            "font_dirs": data["glyphs_font_dirs"] or None,
-            "image_size": data["image_size"],
-            "cache_dir": data["glyphs_cache_dir"] or None,
-            "one_face_per_family": data["glyphs_one_face_per_family"],
-        }
-    if data["dataset"] == "han_glyphs":
-        kwargs = {
-            "font_dir": data["han_font_dir"] or None,
-            "image_size": data["image_size"],
-            "seed": data["split_seed"],
-            "cache_dir": data["glyphs_cache_dir"] or None,
-        }
-        if data["images_per_class"]:
-            kwargs["images_per_class"] = data["images_per_class"]
-        return (), kwargs
-    return (data["root"],), {}
+    fixed = MODELS[config["model"]["name"]].channels
+    return fixed if fixed is not None else data_channels(config)
 
 
 def _load_split(config: Mapping[str, Any], split: str) -> Dataset:
     data = config["data"]
-    args, kwargs = _dataset_arguments(data)
     try:
-        dataset = dataset_class(data["dataset"])(*args, split=split, **kwargs)
+        dataset = dataset_class(data["dataset"]).from_config(data, split)
+        if data["check_images"] and callable(getattr(dataset, "check_images", None)):
+            dataset.check_images()  # every image decoded once per data root (cached): a damaged file fails now
     except (FileNotFoundError, ValueError) as error:
-        # The loaders' own checks: a missing folder, listing or image, a malformed line, a size they cannot render.
-        raise ConfigError(str(error).splitlines()[0] if str(error) else repr(error)) from None
+        raise _loader_error(error) from None
     if data["max_classes"]:
         labels = np.asarray(dataset.labels)
         keep = np.unique(labels)[: data["max_classes"]]
@@ -125,10 +147,17 @@ def _load_split(config: Mapping[str, Any], split: str) -> Dataset:
     return dataset
 
 
+def _available_splits(config: Mapping[str, Any]) -> tuple[str, ...]:
+    try:
+        return tuple(dataset_class(config["data"]["dataset"]).available_splits(config["data"]))
+    except (FileNotFoundError, ValueError) as error:
+        raise _loader_error(error) from None
+
+
 def _check_split_names(config: Mapping[str, Any], names: list[str]) -> None:
     """Each name must be ``train``, ``val`` or a split of the data set (the error lists them all)."""
-    own = tuple(dataset_class(config["data"]["dataset"]).splits)
-    available = ("train", "val", *(s for s in own if s != "train"))
+    own = _available_splits(config)
+    available = ("train", "val", *(s for s in own if s not in ("train", "val")))
     for name in names:
         if name not in available and name not in own:
             raise ConfigError(
@@ -142,10 +171,19 @@ def build_datasets(
     """The datasets of an experiment, transformed and ready for PML's trainer and tester.
 
     Returns ``{"train": ..., "val": ..., <each of data.test_splits>: ...}``; ``splits`` picks other names
-    (``"train"``, ``"val"`` or any split of the data set). Train and val are class-disjoint parts of
-    ``data.train_split`` (``data.val_fraction`` of its classes, drawn with ``data.split_seed``); train gets the
-    augmenting ``train_transform``, the others ``test_transform``, with images converted to ``channels``
-    (default :func:`input_channels`). Every split is loaded (and its files checked by the loader) here.
+    (``"train"``, ``"val"`` or any split of the data set). When the data set has a ``val`` split of its own (an
+    image folder's ``val/``, a CSV's ``val`` rows), that is the validation part and train is all of
+    ``data.train_split``; otherwise train and val are class-disjoint parts of ``data.train_split``
+    (``data.val_fraction`` of its classes, drawn with ``data.split_seed``). Train gets the augmenting
+    ``train_transform``, the others ``test_transform``, with images converted to ``channels`` (default
+    :func:`input_channels`). Every split is loaded (and its images decoded once, cached) here.
+
+    Example:
+        >>> from pml_recallk.experiments import resolve_config
+        >>> config = resolve_config("image_folder", overrides=["data.root=photos"])  # doctest: +SKIP
+        >>> parts = build_datasets(config)  # doctest: +SKIP
+        >>> sorted(parts), parts["train"][0][0].shape  # doctest: +SKIP
+        (['test', 'train', 'val'], torch.Size([3, 64, 64]))
     """
     data = config["data"]
     wanted = ["train", "val", *data["test_splits"]] if splits is None else list(splits)
@@ -156,7 +194,10 @@ def build_datasets(
     )
     test_tf = transforms.test_transform(data["image_size"], channels=channels)
     result: dict[str, Dataset] = {}
-    if "train" in wanted or "val" in wanted:
+    if ("train" in wanted or "val" in wanted) and "val" in _available_splits(config):
+        result["train"] = TransformedDataset(_load_split(config, data["train_split"]), train_tf)
+        result["val"] = TransformedDataset(_load_split(config, "val"), test_tf)
+    elif "train" in wanted or "val" in wanted:
         training_split = _load_split(config, data["train_split"])
         try:
             train, val = class_disjoint_split(
@@ -180,6 +221,12 @@ def batch_size_of(config: Mapping[str, Any], num_classes: int) -> int:
         raise ConfigError(
             f"data.batch_size {batch} asks for {batch // m} classes per batch but the training part has "
             f"{num_classes} classes; lower data.batch_size"
+        )
+    memory = config["memory"]
+    if memory["enabled"] and memory["size"] < batch:
+        raise ConfigError(
+            f"memory.size ({memory['size']}) is smaller than the batch ({batch} images: data.batch_size "
+            f"{config['data']['batch_size']}): every step enqueues a whole batch; set memory.size to at least {batch}"
         )
     return batch
 
@@ -223,13 +270,13 @@ def build_model(config: Mapping[str, Any], channels: int | None = None) -> torch
     is loaded by :func:`pml_recallk.experiments.checkpoints.load_init_weights`, not here.
     """
     model = config["model"]
+    entry = MODELS[model["name"]]
     kwargs: dict[str, Any] = {"embedding_size": model["embedding_size"]}
-    if model["name"] == "small_cnn":
-        kwargs.update(in_channels=channels or input_channels(config), width=model["width"], norm=model["norm"])
-    else:
-        kwargs["pretrained_path"] = model["pretrained_path"] or None
-        if model["name"] == "resnet50" or model["name"].startswith("mobilenet_v2"):
-            kwargs["freeze_batchnorm"] = config["train"]["freeze_batchnorm"]
+    kwargs.update({key: model[key] or None if key == "pretrained_path" else model[key] for key in entry.arguments})
+    if entry.channels is None:
+        kwargs["in_channels"] = channels or input_channels(config)
+    if model["name"] == "resnet50" or model["name"].startswith("mobilenet_v2"):
+        kwargs["freeze_batchnorm"] = config["train"]["freeze_batchnorm"]
     try:
         return build_named_model(model["name"], **kwargs)
     except FileNotFoundError as error:
@@ -239,7 +286,10 @@ def build_model(config: Mapping[str, Any], channels: int | None = None) -> torch
 def build_loss(config: Mapping[str, Any], num_classes: int) -> tuple[torch.nn.Module, torch.nn.Module | None]:
     """``(loss, miner or None)``: the loss ``loss.name`` of the registry, in SimilarityMixup if ``mixup.enabled``,
     in CrossBatchMemory if ``memory.enabled`` (which then takes the miner: it mines batch × memory pairs)."""
-    loss, miner = LOSSES[config["loss"]["name"]].build(config, num_classes)
+    try:
+        loss, miner = build_loss_and_miner(config, num_classes)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"[loss] {config['loss']['name']}: {str(error).splitlines()[0]}") from None
     mixup, memory = config["mixup"], config["memory"]
     if mixup["enabled"]:
         loss = losses_module.SimilarityMixup(
@@ -275,7 +325,7 @@ def build_optimizers(
     }
     loss_params = [p for p in loss.parameters() if p.requires_grad]
     if loss_params:
-        loss_lr = train["loss_lr"] or train["lr"] * LOSSES[config["loss"]["name"]].loss_lr_factor
+        loss_lr = train["loss_lr"] or train["lr"] * loss_entry(config["loss"]["name"]).loss_lr_factor
         optimizers["metric_loss_optimizer"] = torch.optim.Adam(loss_params, lr=loss_lr)
     return optimizers
 
@@ -300,13 +350,78 @@ def build_accuracy_calculator(config: Mapping[str, Any]) -> RecallAtKAccuracyCal
     return RecallAtKAccuracyCalculator(k_values=k_values, include=include)
 
 
+class QueryGalleryTester(GlobalEmbeddingSpaceTester):
+    """PML's ``GlobalEmbeddingSpaceTester`` that also evaluates a split's queries against its gallery.
+
+    A split whose dataset has ``query_gallery`` (``(is_query, is_gallery)``, a CSV listing's columns) is cut into
+    three parts: the queries that are also gallery items (``Q∩G``), the queries that are not (``Q−G``) and the rest
+    of the gallery (``G−Q``). PML evaluates ``Q∩G`` against ``[Q∩G, G−Q]`` with its self-match left out (query i is
+    reference i) and ``Q−G`` against the same gallery; the split's metric is the mean of the two weighted by their
+    numbers of queries, which is the mean over all queries (Recall@k and MAP@R are means over queries). Other
+    splits are evaluated against themselves, as PML does.
+    """
+
+    def test(self, dataset_dict, epoch, trunk_model, embedder_model=None, splits_to_eval=None, collate_fn=None):
+        parts, plan = self._query_gallery_parts(dataset_dict)
+        if not plan:
+            return super().test(dataset_dict, epoch, trunk_model, embedder_model, splits_to_eval, collate_fn)
+        hook, self.end_of_testing_hook = self.end_of_testing_hook, None
+        try:
+            evaluate = [(name, [name]) for name in dataset_dict if name not in plan]
+            for queries in plan.values():
+                evaluate += [(part, list(queries["gallery"])) for part in queries["queries"]]
+            super().test(parts, epoch, trunk_model, embedder_model, evaluate, collate_fn)
+            for name, queries in plan.items():
+                self.all_accuracies[name] = _weighted(self.all_accuracies, queries["queries"], epoch)
+                for part in {*queries["queries"], *queries["gallery"]}:
+                    self.all_accuracies.pop(part, None)
+        finally:
+            self.end_of_testing_hook = hook
+        if hook is not None:
+            hook(self)
+        return self.all_accuracies
+
+    @staticmethod
+    def _query_gallery_parts(dataset_dict: Mapping[str, Dataset]) -> tuple[dict[str, Dataset], dict[str, dict]]:
+        parts, plan = dict(dataset_dict), {}
+        for name, dataset in dataset_dict.items():
+            flags = getattr(dataset, "query_gallery", None)
+            if flags is None:
+                continue
+            is_query, is_gallery = flags
+            del parts[name]
+            pieces = {
+                f"{name}·queries_in_gallery": np.flatnonzero(is_query & is_gallery),
+                f"{name}·queries": np.flatnonzero(is_query & ~is_gallery),
+                f"{name}·gallery": np.flatnonzero(~is_query & is_gallery),
+            }
+            for part, indices in pieces.items():
+                if len(indices):
+                    parts[part] = Subset(dataset, indices.tolist())
+            keys = list(pieces)
+            plan[name] = {
+                "queries": {keys[0]: len(pieces[keys[0]]), keys[1]: len(pieces[keys[1]])},
+                "gallery": [k for k in (keys[0], keys[2]) if len(pieces[k])],
+            }
+            plan[name]["queries"] = {k: n for k, n in plan[name]["queries"].items() if n}
+        return parts, plan
+
+
+def _weighted(accuracies: Mapping[str, Mapping[str, Any]], counts: Mapping[str, int], epoch: int) -> dict[str, Any]:
+    """The per-query mean of every metric over query parts of ``counts`` queries each."""
+    total = sum(counts.values())
+    keys = [k for k in accuracies[next(iter(counts))] if k != "epoch"]
+    merged = {k: sum(accuracies[part][k] * n for part, n in counts.items()) / total for k in keys}
+    return {"epoch": epoch, **merged}
+
+
 def build_tester(
     config: Mapping[str, Any], device: torch.device | str, end_of_testing_hook=None
 ) -> GlobalEmbeddingSpaceTester:
-    """PML's ``GlobalEmbeddingSpaceTester`` with ``eval.batch_size``, ``data.num_workers`` and
+    """:class:`QueryGalleryTester` with ``eval.batch_size``, ``data.num_workers`` and
     :func:`build_accuracy_calculator`; each split is evaluated against itself, every item a query with the rest
-    of its split as the database."""
-    return GlobalEmbeddingSpaceTester(
+    of its split as the database, or, for a split with query and gallery flags, its queries against its gallery."""
+    return QueryGalleryTester(
         batch_size=config["eval"]["batch_size"],
         dataloader_num_workers=config["data"]["num_workers"],
         data_device=torch.device(device),
@@ -380,4 +495,5 @@ def build_trainer(
         chunk_size=train["chunk_size"] or batch_size,
         amp=mixed_precision_dtype(train["mixed_precision"], device),
         batchnorm="freeze" if train["freeze_batchnorm"] else "chunk_statistics",
+        stop_on_nan=train["stop_on_nan"],
     )

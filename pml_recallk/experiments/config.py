@@ -1,9 +1,14 @@
 """Experiment configuration: defaults, per-dataset recipes, TOML files and ``--set key=value`` overrides.
 
-A config is a dict of tables, ``{"data": {...}, "model": {...}, "train": {...}, "loss": {...}, "mixup": {...},
-"eval": {...}}``, the same shape as a TOML file with those tables. :data:`SCHEMA` lists every key with its type,
-default and meaning; nothing outside it is accepted, so a typo is an error (with close matches) rather than a
-silently ignored setting. Values are layered, later ones winning:
+A config is a dict of tables, ``{"data": {...}, "model": {...}, "train": {...}, "loss": {...}, "miner": {...},
+"mixup": {...}, "memory": {...}, "eval": {...}}``, the same shape as a TOML file with those tables. :data:`SCHEMA`
+lists every key with its type, default and meaning; nothing outside it is accepted, so a typo is an error (with
+close matches) rather than a silently ignored setting. ``[data]`` holds the shared keys and those each data set
+declares (its class's ``config_fields``). ``[loss]`` and ``[miner]`` are a ``name`` and that class's keyword
+arguments: ``loss.name`` is a preset of the registry (``rsk``, ``multi_similarity``, ...; its arguments and miner
+are written in) or a loss class by name (``ArcFaceLoss``), and every other key is checked against the class's
+signature. Setting ``loss.name`` to another loss starts its table (and the miner's) afresh from that loss's
+preset, so within one layer the name is applied first. Values are layered, later ones winning:
 
 1. the defaults of :data:`SCHEMA` (the embedded glyph job of ``pml-recallk train``);
 2. the recipe of the chosen dataset (:data:`RECIPES`: ``pml_recallk/experiments/recipes/<dataset>.toml``, package
@@ -36,7 +41,19 @@ from pathlib import Path
 from typing import Any
 
 from .registry import DATASETS as _DATASET_CLASSES
-from .registry import LOSSES, MODEL_NAMES, dataset_class, folder_dataset
+from .registry import (
+    LOSSES,
+    MODEL_NAMES,
+    build_loss_and_miner,
+    check_arguments,
+    data_fields,
+    dataset_class,
+    loss_entry,
+    miner_entry,
+)
+from .registry import (
+    MODELS as MODEL_ENTRIES,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -67,8 +84,9 @@ DATASETS = tuple(_DATASET_CLASSES)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 MODELS = MODEL_NAMES
 MIXED_PRECISION = ("off", "auto", "float16", "bfloat16")
-# SiMix modes: the library's names, and the earlier names it still accepts (official, database).
-MIXUP_MODES = ("queries_and_database", "database_only", "official", "database")
+MIXUP_MODES = ("queries_and_database", "database_only")
+# The tables whose keys are a class's keyword arguments (checked against its signature, not SCHEMA).
+NAMED_TABLES = ("loss", "miner")
 DEVICES_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
@@ -91,10 +109,21 @@ class Field:
 SCHEMA: dict[str, dict[str, Field]] = {
     "data": {
         "dataset": Field("str", "glyphs", "which data set", choices=DATASETS),
-        "root": Field("str", "", "folder of a benchmark's standard layout (not used by the glyph sets)"),
-        "train_split": Field("str", "train", "split to train on (its classes also give the validation part)"),
-        "test_splits": Field("list[str]", ["test"], "splits to report, each evaluated on its own"),
+        "root": Field(
+            "str", "", "where the data set is: a benchmark's folder, an image folder, a CSV file (glyph sets: none)"
+        ),
+        "train_split": Field(
+            "str", "train", "split to train on (its classes also give the validation part unless the data has val)"
+        ),
+        "train_on_test_split": Field(
+            "bool", False, "allow data.train_split to be a test split (a test leak: for deliberate experiments only)"
+        ),
+        "test_splits": Field("list[str]", ["test"], "splits to report, each evaluated on its own (val: validation)"),
         "image_size": Field("int", 32, "side of the (square) network input in pixels", minimum=8),
+        "channels": Field(
+            "int", 0, "image channels, 1 or 3 (0 = the data set's: generic sets 1 if every image is grayscale)"
+        ),
+        "check_images": Field("bool", True, "decode every image once before training (cached per data root)"),
         "batch_size": Field(
             "int", 0, "images per batch, classes × samples_per_class (0 = every training class once)", minimum=0
         ),
@@ -108,13 +137,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "crop_scale": Field("list[float]", [0.5, 1.0], "RandomResizedCrop area range of the training augmentation"),
         # Off for characters, which a mirror turns into other characters (or none).
         "flip": Field("bool", False, "random horizontal flips in the training augmentation"),
-        "glyphs_font_dirs": Field("list[str]", [], "glyphs: font folders to render from ([] = matplotlib's fonts)"),
-        "glyphs_one_face_per_family": Field(
-            "bool", False, "glyphs: only each family's plain upright face (no two samples are styles of one design)"
-        ),
-        "glyphs_cache_dir": Field("str", "", 'glyph sets: where rendered images are cached ("" = the default)'),
-        "han_font_dir": Field("str", "", 'han_glyphs: folder of the fetched CJK fonts ("" = the default)'),
-        "images_per_class": Field("int", 0, "han_glyphs: cap on images per class (0 = the class's default)"),
+        # ... and the keys each data set declares (its class's config_fields), added below.
     },
     "model": {
         "name": Field("str", "small_cnn", "embedding network", choices=MODELS),
@@ -167,22 +190,27 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "grad_clip": Field("float", 0.0, "clip the gradient norm to this value (0 = no clipping)", minimum=0.0),
         "seed": Field("int", 0, "seed of initialisation, sampling and augmentation", minimum=0),
         "device": Field("str", "auto", "auto, cpu, cuda, cuda:N or mps"),
+        "stop_on_nan": Field(
+            "bool", True, "stop with an error on NaN/infinite embeddings or loss (false: skip that step and go on)"
+        ),
     },
     "loss": {
         "name": Field(
-            "str", "rsk", "the loss (rsk, or a PML loss with its paper's settings: pml-recallk benchmark --list)"
+            "str",
+            "rsk",
+            "a preset (rsk, contrastive, multi_similarity, triplet, proxy_anchor, fastap: pml-recallk benchmark "
+            "--list) or a loss class of PML by name (ArcFaceLoss); the other keys are its keyword arguments",
         ),
-        "k_values": Field("list[int]", [1, 2, 4, 8, 16], "rsk: the k of the surrogate Recall@k terms"),
-        "rank_temperature": Field("float", 0.01, "rsk: temperature of the soft rank's sigmoid"),
-        "k_temperature": Field("float|list[float]", 1.0, "rsk: temperature of the recall sigmoid (one, or one per k)"),
-        "k_margin": Field("float", 0.0, "rsk: margin added to k in the recall sigmoid", minimum=0.0),
-        "count_query_in_rank": Field("bool", False, "rsk: count the query in its own rank, as the released code does"),
-        "query_chunk_size": Field(
-            "int", 0, "rsk: compute the loss in chunks of this many queries (0 = all)", minimum=0
+    },
+    "miner": {
+        "name": Field(
+            "str",
+            "",
+            'a miner class of PML by name (MultiSimilarityMiner; "" = none); the other keys are its arguments',
         ),
     },
     "mixup": {
-        "enabled": Field("bool", False, "wrap the loss in SimilarityMixup (SiMix)"),
+        "enabled": Field("bool", False, "wrap the loss in SimilarityMixup (SiMix; needs a dot-product loss)"),
         "mode": Field(
             "str",
             "queries_and_database",
@@ -215,12 +243,58 @@ SCHEMA: dict[str, dict[str, Field]] = {
 # Keys that say where and how fast a run goes, not what it computes: they may differ between a run and its
 # resumption, or between a finished benchmark run and the sweep that finds it.
 RUNTIME_KEYS = frozenset(
-    {"data.root", "data.glyphs_cache_dir", "data.han_font_dir", "data.num_workers", "train.device", "eval.batch_size"}
-)
+    {
+        "data.root", "data.glyphs_cache_dir", "data.han_font_dir", "data.num_workers", "data.check_images",
+        "train.device", "eval.batch_size",
+    }
+)  # fmt: skip
 # A resumed run may also train longer (never shorter than what it has run).
 RESUMABLE_KEYS = RUNTIME_KEYS | {"train.epochs"}
-# Keys renamed in this release: old name → (new name, how an old value translates).
+for _key, (_kind, _default, _help) in data_fields().items():
+    SCHEMA["data"][_key] = Field(_kind, _default, _help)
+
+
+# ------------------------------------------------------------------------------------------------- legacy
+
+# Keys renamed since 0.1: old name → (new name, how an old value translates).
 _RENAMED = {"train.amp": ("train.mixed_precision", lambda v: {False: "off", True: "auto"}.get(v, v))}
+_OLD_MIXUP_MODES = {"official": "queries_and_database", "database": "database_only"}
+# Before [loss] held a class's arguments, it held RS@k's keys whatever loss.name said (ignored by other losses).
+_OLD_RSK_KEYS = ("k_values", "rank_temperature", "k_temperature", "k_margin", "count_query_in_rank", "query_chunk_size")
+
+
+def upgrade_tables(tables: Mapping[str, Any], source: str, saved: bool = False) -> dict[str, Any]:
+    """The one place of every old spelling: ``tables`` (a file, an override, a saved config) in this release's keys.
+
+    * ``train.amp`` → ``train.mixed_precision`` (true → auto, false → off);
+    * ``mixup.mode`` ``official`` → ``queries_and_database``, ``database`` → ``database_only``;
+    * a saved config (``saved``): RS@k's keys under another ``loss.name`` (ignored then) are dropped, and a config
+      without ``[miner]`` gets its loss preset's miner.
+
+    A file or override with an old spelling gets a DeprecationWarning naming ``source``.
+    """
+    result = {table: dict(values) if isinstance(values, Mapping) else values for table, values in tables.items()}
+    for old, (new, translate) in _RENAMED.items():
+        table, _, name = old.partition(".")
+        if isinstance(result.get(table), Mapping) and name in result[table]:
+            if not saved:
+                warnings.warn(f"{source}: {old} is now {new}", DeprecationWarning, stacklevel=3)
+            new_table, _, new_name = new.partition(".")
+            result.setdefault(new_table, {})[new_name] = translate(result[table].pop(name))
+    mixup = result.get("mixup")
+    if isinstance(mixup, Mapping) and mixup.get("mode") in _OLD_MIXUP_MODES:
+        new_mode = _OLD_MIXUP_MODES[mixup["mode"]]
+        if not saved:
+            warnings.warn(f"{source}: mixup.mode {mixup['mode']!r} is now {new_mode!r}", DeprecationWarning, 3)
+        mixup["mode"] = new_mode
+    loss = result.get("loss")
+    if saved and isinstance(loss, Mapping):
+        name = loss.get("name", "rsk")
+        if name not in ("rsk", "RecallKSurrogateLoss"):
+            result["loss"] = {k: v for k, v in loss.items() if k not in _OLD_RSK_KEYS}
+        if "miner" not in result and name in LOSSES:
+            result["miner"] = _named_table("miner", LOSSES[name].miner.get("name", ""), LOSSES[name].miner)
+    return result
 
 
 def _read_recipes() -> dict[str, dict[str, Any]]:
@@ -256,7 +330,9 @@ def default_config(dataset: str = "glyphs", model: str | None = None) -> dict[st
 
 
 def _schema_defaults() -> dict[str, dict[str, Any]]:
-    return {table: {key: copy.deepcopy(f.default) for key, f in fields.items()} for table, fields in SCHEMA.items()}
+    config = {table: {key: copy.deepcopy(f.default) for key, f in fields.items()} for table, fields in SCHEMA.items()}
+    config["loss"] = _named_table("loss", config["loss"]["name"])
+    return config
 
 
 def _with_presets(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -268,17 +344,38 @@ def _with_presets(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]
 
 
 def upgrade_config(config: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """A saved config (a checkpoint's) in this release's keys: renamed keys translated, new keys at default."""
+    """A saved config (a checkpoint's, a result's) in this release's keys (:func:`upgrade_tables`), new keys at
+    their default; a named table (``[loss]``, ``[miner]``) is its preset with the saved keys over it."""
     result = _schema_defaults()
     result["eval"]["k_values"] = [1, 2, 4, 8]  # before presets existed every saved config had its own
-    for table, values in config.items():
+    upgraded = upgrade_tables(config, "the saved config", saved=True)
+    for table, values in upgraded.items():
+        if table in NAMED_TABLES:
+            name = values.get("name", SCHEMA[table]["name"].default)
+            result[table] = {**_named_table(table, name), **copy.deepcopy(dict(values))}
+            continue
         for name, value in values.items():
-            key = f"{table}.{name}"
-            if key in _RENAMED:
-                key, value = _RENAMED[key][0], _RENAMED[key][1](value)
-            new_table, _, new_name = key.partition(".")
-            result.setdefault(new_table, {})[new_name] = copy.deepcopy(value)
+            result.setdefault(table, {})[name] = copy.deepcopy(value)
     return result
+
+
+def _named_table(table: str, name: str, preset: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A fresh ``[loss]``/``[miner]`` table for ``name``: its preset's (or class's) TOML-writable arguments."""
+    if table == "miner" and not name:
+        return {"name": ""}
+    try:
+        entry = loss_entry(name) if table == "loss" else miner_entry(name)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    arguments = dict(entry.arguments) if preset is None else {k: v for k, v in preset.items() if k != "name"}
+    writable = {k: copy.deepcopy(v) for k, v in arguments.items() if _is_toml_value(v)}
+    return {"name": name, **{k: list(v) if isinstance(v, tuple) else v for k, v in writable.items()}}
+
+
+def _is_toml_value(value: Any) -> bool:
+    if isinstance(value, (bool, int, float, str)):
+        return not isinstance(value, float) or math.isfinite(value)
+    return isinstance(value, (list, tuple)) and all(_is_toml_value(v) for v in value)
 
 
 def _unknown_key_message(key: str, candidates: Iterable[str], what: str = "key") -> str:
@@ -335,6 +432,18 @@ def _check_type(key: str, value: Any, kind: str, source: str) -> Any:
             return float(x)
         raise bad()
 
+    if kind == "any":
+        return value
+    if kind == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        if not math.isfinite(value):
+            raise bad("a finite number")
+        return value
+    if kind == "list":
+        if not isinstance(value, list):
+            raise bad("a list")
+        return value
     if kind.startswith("list[") and "|" not in kind:
         if not isinstance(value, list):
             raise bad()
@@ -375,23 +484,62 @@ def merge_config(
             raise ConfigError(f"{source}: " + _unknown_key_message(table, SCHEMA, "table"))
         if not isinstance(values, Mapping):
             raise ConfigError(f"{source}: [{table}] must be a table of keys, got {values!r}")
+    update = upgrade_tables(update, source)
+    for table, values in update.items():
+        if table in NAMED_TABLES:
+            _merge_named(merged, table, values, source)
+            continue
         for name, value in values.items():
             key = f"{table}.{name}"
-            if key in _RENAMED:
-                new_key, translate = _RENAMED[key]
-                warnings.warn(f"{source}: {key} is now {new_key}", DeprecationWarning, stacklevel=2)
-                key, value = new_key, translate(value)
-            table_name, _, name = key.partition(".")
-            field = SCHEMA[table_name].get(name)
+            field = SCHEMA[table].get(name)
             if field is None:
                 raise ConfigError(f"{source}: " + _unknown_dotted_key_message(key))
-            merged[table_name][name] = _check_type(key, value, field.kind, source)
+            merged[table][name] = _check_type(key, value, field.kind, source)
     return merged
 
 
+def _merge_named(merged: dict[str, dict[str, Any]], table: str, values: Mapping[str, Any], source: str) -> None:
+    """Lay ``values`` over ``[loss]`` or ``[miner]``: a new ``name`` first (a fresh table from its preset; a new
+    loss also resets the miner to its preset's), then each key checked against that class's arguments."""
+    current = merged.setdefault(table, {"name": SCHEMA[table]["name"].default})
+    if "name" in values:
+        name = _check_type(f"{table}.name", values["name"], "str", source)
+        if name != current.get("name"):
+            try:
+                merged[table] = _named_table(table, name)
+            except ConfigError as error:
+                raise ConfigError(f"{source}: {error}") from None
+            if table == "loss":
+                miner = loss_entry(name).miner
+                merged["miner"] = _named_table("miner", miner.get("name", ""), miner)
+    name = merged[table]["name"]
+    for key, value in values.items():
+        if key == "name":
+            continue
+        entry = (loss_entry(name) if table == "loss" else miner_entry(name)) if name else None
+        if entry is None:
+            raise ConfigError(f"{source}: {table}.{key} needs a {table}: set {table}.name (e.g. MultiSimilarityMiner)")
+        accepted = entry.accepted() if table == "loss" else dict(entry.arguments)
+        owner = name if table == "miner" or name not in LOSSES else f"{name} ({entry.loss_class.__name__})"
+        try:
+            check_arguments({key: value}, accepted, table, owner)
+        except ValueError as error:
+            raise ConfigError(f"{source}: {error}") from None
+        kind = entry.kind(key) if table == "loss" else _kind_of_default(accepted[key])
+        merged[table][key] = _check_type(f"{table}.{key}", value, kind, source)
+
+
+def _kind_of_default(default: Any) -> str:
+    from .registry import _kind_of
+
+    return _kind_of(default)
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config file (a missing or malformed file is a ConfigError naming it)."""
+    """Read a TOML config file (a missing, unreadable, non-UTF-8 or malformed file is a ConfigError naming it)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a folder; give a .toml file (e.g. RUN/config.toml)")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
@@ -399,6 +547,13 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config file {str(path)!r} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}); save it as UTF-8"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {error.strerror or error}") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -412,8 +567,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"override {text!r} must look like table.key=value, e.g. train.epochs=3")
-    if key not in _RENAMED:
-        _field(key)  # unknown keys fail here, before the value is looked at
+    if key not in _RENAMED and key.partition(".")[0] not in NAMED_TABLES:
+        _field(key)  # unknown keys fail here, before the value is looked at (a named table's: when merged)
     raw = raw.strip()
     try:
         value = tomllib.loads(f"value = {raw}")["value"]
@@ -426,6 +581,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 def apply_overrides(config: Mapping[str, Mapping[str, Any]], overrides: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Apply ``"table.key=value"`` overrides in order (see :func:`parse_override`)."""
     result = copy.deepcopy({table: dict(values) for table, values in config.items()})
+    # A loss's or miner's name first: its arguments are checked against that class, whichever order they come in.
+    overrides = sorted(overrides, key=lambda text: text.partition("=")[0].strip() not in ("loss.name", "miner.name"))
     for text in overrides:
         key, value = parse_override(text)
         table, _, name = key.partition(".")
@@ -438,11 +595,14 @@ def validate_config(config: Mapping[str, Mapping[str, Any]]) -> None:
     for table, fields in SCHEMA.items():
         for name, field in fields.items():
             key, value = f"{table}.{name}", config[table][name]
+            if table in NAMED_TABLES:
+                continue
             if field.choices is not None and value not in field.choices:
                 raise ConfigError(f"{key} must be one of {', '.join(field.choices)}; got {value!r}")
             if field.minimum is not None and value < field.minimum:
                 raise ConfigError(f"{key} must be at least {field.minimum:g}, got {value!r}")
     _validate_data(config["data"])
+    _validate_model(config)
     _validate_loss(config)
     _validate_train(config["train"])
     k_values = config["eval"]["k_values"]
@@ -463,10 +623,32 @@ def _check_k_list(key: str, k_values: list[int]) -> None:
 def _validate_data(data: Mapping[str, Any]) -> None:
     if not 0.0 < data["val_fraction"] < 1.0:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {data['val_fraction']}")
-    if folder_dataset(data["dataset"]) and not data["root"]:
-        raise ConfigError(f"the {data['dataset']} dataset needs its folder: pass --data-root PATH")
+    needs_root = dataset_class(data["dataset"]).needs_root
+    if needs_root and not data["root"]:
+        raise ConfigError(f"the {data['dataset']} dataset needs its data: pass --data-root PATH")
+    if not needs_root and data["root"]:
+        raise ConfigError(
+            f"data.root (--data-root) is {data['root']!r} but the {data['dataset']} dataset reads no data root; choose "
+            "the data set it is for with --dataset (image_folder, csv, cub, ...)"
+        )
+    if data["channels"] not in (0, 1, 3):
+        raise ConfigError(f"data.channels must be 0 (the data set's), 1 or 3, got {data['channels']}")
     if not data["test_splits"] or len(set(data["test_splits"])) != len(data["test_splits"]):
         raise ConfigError(f"data.test_splits must be a non-empty list of distinct names, got {data['test_splits']}")
+    train_split = data["train_split"]
+    if "train" in data["test_splits"]:
+        raise ConfigError(
+            f"data.test_splits {data['test_splits']} names the training part 'train': it is what the model is "
+            "trained on (through the training augmentation); report test splits, or 'val' for the held-out classes"
+        )
+    if not data["train_on_test_split"] and (
+        train_split in data["test_splits"] or train_split == "val" or train_split.startswith("test")
+    ):
+        raise ConfigError(
+            f"data.train_split is {train_split!r}, a split that is evaluated: training on it leaks the test classes "
+            "into training and inflates Recall@k. Train on 'train', or set data.train_on_test_split=true to do it "
+            "on purpose"
+        )
     if data["max_classes"] < 0 or data["max_classes"] == 1:
         raise ConfigError(
             f"data.max_classes must be 0 (every class) or at least 2 (a training and a validation class), "
@@ -484,10 +666,41 @@ def _validate_data(data: Mapping[str, Any]) -> None:
         )
 
 
+def _validate_model(config: Mapping[str, Mapping[str, Any]]) -> None:
+    """The model's fixed input (a ViT's 224 px) must be the data's: refused here, before any folder is made."""
+    entry = MODEL_ENTRIES[config["model"]["name"]]
+    size = config["data"]["image_size"]
+    if entry.input_size is not None and size != entry.input_size:
+        raise ConfigError(
+            f"model.name {config['model']['name']} takes {entry.input_size}-pixel images but data.image_size is "
+            f"{size}; set data.image_size={entry.input_size} or choose small_cnn or resnet50 (any size)"
+        )
+    if entry.channels is not None and config["data"]["channels"] not in (0, entry.channels):
+        raise ConfigError(
+            f"model.name {config['model']['name']} takes {entry.channels}-channel images but data.channels is "
+            f"{config['data']['channels']}; set data.channels=0 (images are converted to what the model takes)"
+        )
+
+
 def _validate_loss(config: Mapping[str, Mapping[str, Any]]) -> None:
     loss, mixup, memory = config["loss"], config["mixup"], config["memory"]
-    if loss["name"] not in LOSSES:
-        raise ConfigError(_unknown_key_message(loss["name"], LOSSES, "loss").replace("config loss", "loss.name"))
+    if loss["name"] in ("rsk", "RecallKSurrogateLoss"):
+        _validate_rsk(loss)
+    alpha = mixup["alpha_range"]
+    if len(alpha) != 2 or not 0.0 <= alpha[0] <= alpha[1] <= 1.0:
+        raise ConfigError(f"mixup.alpha_range must be [low, high] with 0 <= low <= high <= 1, got {alpha}")
+    if memory["enabled"] and memory["size"] < 1:
+        raise ConfigError("memory.size must be set (at least the batch size) when memory.enabled is true")
+    batch = config["data"]["batch_size"]
+    if memory["enabled"] and batch and memory["size"] < batch:
+        raise ConfigError(
+            f"memory.size ({memory['size']}) is smaller than data.batch_size ({batch}): every step enqueues a whole "
+            f"batch; set memory.size to at least {batch}"
+        )
+    _try_building_the_loss(config)
+
+
+def _validate_rsk(loss: Mapping[str, Any]) -> None:
     _check_k_list("loss.k_values", loss["k_values"])
     k_temperature = loss["k_temperature"]
     if isinstance(k_temperature, list) and len(k_temperature) != len(loss["k_values"]):
@@ -498,11 +711,30 @@ def _validate_loss(config: Mapping[str, Mapping[str, Any]]) -> None:
         raise ConfigError(f"loss.k_temperature must be positive, got {k_temperature}")
     if loss["rank_temperature"] <= 0:
         raise ConfigError(f"loss.rank_temperature must be positive, got {loss['rank_temperature']}")
-    alpha = mixup["alpha_range"]
-    if len(alpha) != 2 or not 0.0 <= alpha[0] <= alpha[1] <= 1.0:
-        raise ConfigError(f"mixup.alpha_range must be [low, high] with 0 <= low <= high <= 1, got {alpha}")
-    if memory["enabled"] and memory["size"] < 1:
-        raise ConfigError("memory.size must be set (at least the batch size) when memory.enabled is true")
+
+
+def _try_building_the_loss(config: Mapping[str, Mapping[str, Any]]) -> None:
+    """Build the loss, miner and SiMix wrapper once (two placeholder classes), so that a value the class refuses,
+    or SiMix over a loss whose distance is not a dot product, fails here, not after the run folder is made."""
+    import torch
+
+    from .. import losses as losses_module
+
+    with torch.random.fork_rng(devices=[]):  # a proxy loss draws its initial proxies: leave the run's seed alone
+        try:
+            loss, _ = build_loss_and_miner(config, 2)
+        except (TypeError, ValueError, AssertionError) as error:
+            text = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ConfigError(f"loss.name={config['loss']['name']} / [loss] / [miner]: {text}") from None
+        if config["mixup"]["enabled"]:
+            try:
+                losses_module.SimilarityMixup(loss, mode=config["mixup"]["mode"])
+            except (TypeError, ValueError) as error:
+                raise ConfigError(
+                    f"mixup.enabled=true: {str(error).splitlines()[0]} SiMix mixes similarities as dot products of "
+                    "L2-normalised embeddings: choose a loss on them (rsk, multi_similarity, or a class with "
+                    "distance=DotProductSimilarity) or set mixup.enabled=false"
+                ) from None
 
 
 def _validate_train(train: Mapping[str, Any]) -> None:
@@ -575,10 +807,13 @@ def config_differences(
     """``["table.key: a_value != b_value", ...]`` for every key whose values differ, except the ``ignore`` keys
     (e.g. :data:`RUNTIME_KEYS`)."""
     ignore = set(ignore)
+    keys = [(table, key) for table in SCHEMA for key in SCHEMA[table]]
+    for table in NAMED_TABLES:  # the arguments of the named loss and miner, from either side
+        extra = dict.fromkeys([*a.get(table, {}), *b.get(table, {})])
+        keys += [(table, key) for key in extra if key not in SCHEMA[table]]
     return [
         f"{table}.{key}: {a.get(table, {}).get(key)!r} != {b.get(table, {}).get(key)!r}"
-        for table in SCHEMA
-        for key in SCHEMA[table]
+        for table, key in keys
         if f"{table}.{key}" not in ignore and a.get(table, {}).get(key) != b.get(table, {}).get(key)
     ]
 
@@ -608,10 +843,11 @@ def dumps_toml(config: Mapping[str, Mapping[str, Any]], comments: bool = False) 
         if lines:
             lines.append("")
         lines.append(f"[{table}]")
-        for key in fields:
+        keys = list(fields) + [k for k in config.get(table, {}) if table in NAMED_TABLES and k not in fields]
+        for key in keys:
             if key in config.get(table, {}):
                 line = f"{key} = {_toml_value(config[table][key])}"
                 if comments:
-                    line = f"{line:<40} # {fields[key].help}"
+                    line = f"{line:<40} # {fields[key].help if key in fields else 'keyword argument of the class'}"
                 lines.append(line)
     return "\n".join(lines) + "\n"

@@ -54,7 +54,7 @@ from . import builders
 from .checkpoints import get_rng_state, load_checkpoint, load_init_weights, save_checkpoint, set_rng_state
 from .config import RESUMABLE_KEYS, ConfigError, config_differences, dumps_toml, upgrade_config
 from .plots import plot_history, sorted_by_k
-from .registry import LOSSES
+from .registry import loss_entry
 
 __all__ = ["check_output_dir", "embed_and_evaluate", "evaluate_checkpoint", "evaluate_initial_model", "run_experiment"]
 
@@ -400,8 +400,9 @@ def _start(run: dict[str, Any], state: Mapping[str, Any] | None, log: Log, outpu
     datasets = run["datasets"]
     splits = {"val": datasets["val"], **{n: datasets[n] for n in run["test_names"]}}
     untrained = embed_and_evaluate(run["config"], run["parts"]["model"], splits)
-    history["untrained_val"] = untrained.pop("val")
-    history["untrained"] = untrained
+    history["untrained_val"] = untrained["val"]
+    # data.test_splits may name "val" too: the test results keep it (evaluated after training like any test split).
+    history["untrained"] = {n: untrained[n] for n in run["test_names"]}
     return history, 1
 
 
@@ -439,6 +440,7 @@ def run_experiment(
     started = time.perf_counter()
     output_dir = Path(output_dir)
     check_output_dir(output_dir)
+    config = builders.with_data_channels(config)  # the saved config says what the model was built for
     state = _resumable_state(output_dir, resume, config)
     config = copy.deepcopy({table: dict(values) for table, values in config.items()})
     run = _prepare(config, output_dir, datasets, builders.device_of(config), log)
@@ -481,7 +483,7 @@ def _finish(run: dict[str, Any], history: dict[str, Any], output_dir: Path, log:
         "test_splits": test_names,
         "device": str(run["device"]),
         "threads": torch.get_num_threads(),
-        "loss": {"name": config["loss"]["name"], "settings": LOSSES[config["loss"]["name"]].settings},
+        "loss": {"name": config["loss"]["name"], "settings": loss_entry(config["loss"]["name"]).settings},
         "init_checkpoint": history["init_checkpoint"],
         "val_curve": [{"epoch": 0, **history["untrained_val"]}, *history["val"]],
         "loss_curve": history["loss"],
@@ -507,8 +509,9 @@ def evaluate_checkpoint(
 
     Args:
         checkpoint: a file written by :func:`run_experiment`, or its run folder (→ ``checkpoints/best.pt``).
-        config: the config to evaluate with (data set, root, eval settings); defaults to the one saved in the
-            checkpoint. Its model settings must be those of the checkpoint.
+        config: the config to evaluate with (root, eval settings); defaults to the one saved in the checkpoint.
+            Its model settings, data set and data must be those of the checkpoint: a run is scored on the data it
+            was trained on (``data.root`` may move: the same data in another place).
         splits: which splits, e.g. ``["test"]`` or ``["val"]``; default: every test split of the data set.
 
     Returns:
@@ -522,6 +525,11 @@ def evaluate_checkpoint(
     different_model = [d for d in config_differences(saved, config, ignore) if d.startswith("model.")]
     if different_model:
         raise ConfigError(f"the checkpoint's model differs from the config: {'; '.join(different_model)}")
+    if config["data"]["dataset"] != saved["data"]["dataset"]:
+        raise ConfigError(
+            f"{checkpoint} was trained on {saved['data']['dataset']}, not {config['data']['dataset']}: evaluate it on "
+            "its own data set (leave out --dataset)"
+        )
     splits = splits or list(config["data"]["test_splits"])
     channels = builders.input_channels(saved)
     datasets = builders.build_datasets(config, splits, channels)

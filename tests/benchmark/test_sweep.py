@@ -184,7 +184,10 @@ def test_an_arm_sets_loss_hyper_parameters_through_its_loss_table(tmp_path):
     sweep, _ = benchmark.load_sweep(path)
     warm = sweep.arm_config(sweep.arm("warm"), seed=0)
     assert (sweep.arm("warm").loss, warm["loss"]["name"], warm["loss"]["rank_temperature"]) == ("rsk", "rsk", 0.05)
-    assert sweep.arm_config(sweep.arm("ms"), seed=0)["loss"]["rank_temperature"] == 0.01  # the default stays
+    ms = sweep.arm_config(sweep.arm("ms"), seed=0)
+    # Another loss's table is its own preset: RS@k's keys are not carried over to it.
+    assert ms["loss"] == {"name": "multi_similarity", "alpha": 2.0, "beta": 50.0, "base": 0.5}
+    assert ms["miner"] == {"name": "MultiSimilarityMiner", "epsilon": 0.1}
 
 
 def test_base_config_lays_a_config_file_under_the_sweeps_tables(tmp_path, monkeypatch):

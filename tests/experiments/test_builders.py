@@ -8,18 +8,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from pml_recallk.cli import main
+from pml_recallk.datasets import HanGlyphs
 from pml_recallk.experiments import builders, resolve_config
 from pml_recallk.experiments.config import ConfigError
 
 
-class FakeHanGlyphs(Dataset):
-    """Stands in for HanGlyphs (whose fonts are a separate download): records its arguments, serves "L" images."""
+class FakeHanGlyphs(HanGlyphs):
+    """Stands in for HanGlyphs (whose fonts are a separate download): its declarations and from_config, with an
+    __init__ that records its arguments and serves "L" images."""
 
-    splits = ("train", "test", "pretrain")
-    recall_k_values = (1, 2, 4, 8, 16, 32)
     calls: list[dict] = []
 
     def __init__(self, split="train", **kwargs):
