@@ -283,6 +283,9 @@ def write_dataset(
     """Write the images, icons.csv and sources.csv; return the counts and hashes for the manifest."""
     images_dir = output / "images"
     if images_dir.exists():
+        # Only a previous build's images are replaced: never delete a folder this script did not write.
+        if not (output / "manifest.json").is_file():
+            raise ValueError(f"{images_dir} exists but {output} holds no manifest.json; choose an empty --output")
         shutil.rmtree(images_dir)
     rows, sources = [], []
     for concept, images in chosen:

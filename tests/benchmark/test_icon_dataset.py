@@ -153,6 +153,14 @@ def test_split_is_seeded_and_disjoint():
     assert splits != build.split_concepts(concepts, seed=1, test_fraction=0.5, val_fraction=0.1)
 
 
+def test_an_images_folder_the_builder_did_not_write_is_left_alone(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "mine.txt").write_text("keep")
+    with pytest.raises(ValueError, match="no manifest.json"):
+        build.write_dataset(tmp_path, [], {}, {})
+    assert (tmp_path / "images" / "mine.txt").read_text() == "keep"
+
+
 # --- the real slice ----------------------------------------------------------------------------------------------
 
 
