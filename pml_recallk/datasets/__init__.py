@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from importlib import import_module
 
 _PUBLIC = {
@@ -32,22 +33,45 @@ _PUBLIC = {
     "load_image": ".images",
 }
 
-DATASET_CLASSES: dict[str, str] = {
-    "glyphs": "Glyphs",
-    "han_glyphs": "HanGlyphs",
-    "cub": "CUB200",
-    "cars196": "Cars196",
-    "sop": "StanfordOnlineProducts",
-    "inaturalist": "INaturalist2018",
-    "vehicleid": "VehicleID",
-    "image_folder": "ImageFolder",
-    "csv": "CsvImages",
-}
-"""The short name of every data set and the name of its class in this package: the one list of data sets.
+
+class _DatasetClasses(Mapping):
+    """Short name → data set class, each class imported when first looked up (so that importing one data set does
+    not need the dependencies of the others, e.g. matplotlib or scipy)."""
+
+    def __init__(self, class_names: dict[str, str]):
+        self._class_names = class_names
+
+    def __getitem__(self, name: str) -> type:
+        return __getattr__(self._class_names[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._class_names)
+
+    def __len__(self) -> int:
+        return len(self._class_names)
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(f"{k!r}: {v}" for k, v in self._class_names.items()) + "}"
+
+
+DATASET_CLASSES: Mapping[str, type] = _DatasetClasses(
+    {
+        "glyphs": "Glyphs",
+        "han_glyphs": "HanGlyphs",
+        "cub": "CUB200",
+        "cars196": "Cars196",
+        "sop": "StanfordOnlineProducts",
+        "inaturalist": "INaturalist2018",
+        "vehicleid": "VehicleID",
+        "image_folder": "ImageFolder",
+        "csv": "CsvImages",
+    }
+)
+"""The short name of every data set and its class: the one list of data sets.
 
 Each class is a :class:`~.common.ConfigurableDataset`: it declares its splits, Recall@k preset, channels, whether it
 needs ``data.root``, its own ``[data]`` keys and how it is built from the ``[data]`` table, so that adding a data set
-is its own file and one line here (the classes are imported when first used)."""
+is its own file and one line here (its class name, imported when first used)."""
 
 __all__ = sorted([*_PUBLIC, "DATASET_CLASSES", "dataset_class", "recall_k_values"])
 
@@ -59,7 +83,7 @@ def dataset_class(name: str) -> type:
     key = name.lower()
     if key not in DATASET_CLASSES:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASET_CLASSES)}")
-    return __getattr__(DATASET_CLASSES[key])
+    return DATASET_CLASSES[key]
 
 
 def recall_k_values(name: str) -> tuple[int, ...]:

@@ -275,8 +275,7 @@ def build_model(config: Mapping[str, Any], channels: int | None = None) -> torch
     kwargs.update({key: model[key] or None if key == "pretrained_path" else model[key] for key in entry.arguments})
     if entry.channels is None:
         kwargs["in_channels"] = channels or input_channels(config)
-    if model["name"] == "resnet50" or model["name"].startswith("mobilenet_v2"):
-        kwargs["freeze_batchnorm"] = config["train"]["freeze_batchnorm"]
+    kwargs.update({key: config["train"][key] for key in entry.train_arguments})
     try:
         return build_named_model(model["name"], **kwargs)
     except FileNotFoundError as error:

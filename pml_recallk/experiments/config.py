@@ -519,20 +519,13 @@ def _merge_named(merged: dict[str, dict[str, Any]], table: str, values: Mapping[
         entry = (loss_entry(name) if table == "loss" else miner_entry(name)) if name else None
         if entry is None:
             raise ConfigError(f"{source}: {table}.{key} needs a {table}: set {table}.name (e.g. MultiSimilarityMiner)")
-        accepted = entry.accepted() if table == "loss" else dict(entry.arguments)
-        owner = name if table == "miner" or name not in LOSSES else f"{name} ({entry.loss_class.__name__})"
+        preset = table == "loss" and name in LOSSES and entry.loss_class is not None
+        owner = f"{name} ({entry.loss_class.__name__})" if preset else name
         try:
-            check_arguments({key: value}, accepted, table, owner)
+            check_arguments({key: value}, entry.accepted(), table, owner)
         except ValueError as error:
             raise ConfigError(f"{source}: {error}") from None
-        kind = entry.kind(key) if table == "loss" else _kind_of_default(accepted[key])
-        merged[table][key] = _check_type(f"{table}.{key}", value, kind, source)
-
-
-def _kind_of_default(default: Any) -> str:
-    from .registry import _kind_of
-
-    return _kind_of(default)
+        merged[table][key] = _check_type(f"{table}.{key}", value, entry.kind(key), source)
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

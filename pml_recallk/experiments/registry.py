@@ -81,21 +81,23 @@ class ModelEntry:
             ``embedding_size`` (as keyword arguments of the same name).
         input_size: the one image size the network takes (a ViT's patch grid), or None for any.
         channels: the one channel count it takes (3 for ImageNet backbones), or None: the data's.
+        train_arguments: ``[train]`` keys it also takes (the ResNet's ``freeze_batchnorm``).
     """
 
     arguments: tuple[str, ...]
     input_size: int | None = None
     channels: int | None = None
+    train_arguments: tuple[str, ...] = ()
 
 
 MODELS: dict[str, ModelEntry] = {
     "small_cnn": ModelEntry(("width", "norm")),
-    "resnet50": ModelEntry(("pretrained_path",), channels=3),
+    "resnet50": ModelEntry(("pretrained_path",), channels=3, train_arguments=("freeze_batchnorm",)),
     "vit_b16": ModelEntry(("pretrained_path",), input_size=224, channels=3),
     "vit_b32": ModelEntry(("pretrained_path",), input_size=224, channels=3),
-    "mobilenet_v2": ModelEntry(("pretrained_path",), channels=3),
-    "mobilenet_v2_block13": ModelEntry(("pretrained_path",), channels=3),
-    "mobilenet_v2_block10": ModelEntry(("pretrained_path",), channels=3),
+    "mobilenet_v2": ModelEntry(("pretrained_path",), channels=3, train_arguments=("freeze_batchnorm",)),
+    "mobilenet_v2_block13": ModelEntry(("pretrained_path",), channels=3, train_arguments=("freeze_batchnorm",)),
+    "mobilenet_v2_block10": ModelEntry(("pretrained_path",), channels=3, train_arguments=("freeze_batchnorm",)),
 }
 if set(MODELS) != set(MODEL_NAMES):  # pragma: no cover - a model added to the library but not here
     raise ImportError(f"registry.MODELS {sorted(MODELS)} must list the models of pml_recallk.models {MODEL_NAMES}")
@@ -149,6 +151,13 @@ class MinerEntry:
 
     cls: type
     arguments: Mapping[str, Any]
+
+    def accepted(self) -> dict[str, Any]:
+        """``{key: default}`` of every ``[miner]`` key this miner takes (besides ``name``)."""
+        return dict(self.arguments)
+
+    def kind(self, key: str) -> str:
+        return _kind_of(self.arguments.get(key))
 
     def build(self, table: Mapping[str, Any]) -> Any:
         return self.cls(**{k: _to_python(v) for k, v in table.items() if k != "name"})

@@ -518,7 +518,7 @@ def test_recall_k_values_are_the_papers(name):
 @pytest.mark.parametrize("name", sorted(DATASET_CLASSES))
 def test_every_named_dataset_has_splits_and_valid_k_values(name):
     cls = dataset_class(name)
-    assert cls.__name__ == DATASET_CLASSES[name]
+    assert cls is DATASET_CLASSES[name] and cls.__module__.startswith("pml_recallk.datasets.")
     assert check_k_values(list(cls.recall_k_values)) == sorted(cls.recall_k_values)
     assert 1 in cls.recall_k_values  # Recall@1 chooses the best epoch
     assert "train" in cls.splits and len(cls.splits) >= 2

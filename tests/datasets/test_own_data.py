@@ -381,3 +381,11 @@ def test_every_data_set_declares_the_protocol():
         assert callable(cls.from_config) and callable(cls.available_splits) and callable(cls.data_channels)
     assert dataset_class("glyphs").channels == 1 and not dataset_class("glyphs").needs_root
     assert dataset_class("csv").channels == 0 and dataset_class("csv").needs_root
+
+
+def test_a_csv_row_whose_image_is_missing_names_it_and_the_listing(tmp_path):
+    rows = make_tree(tmp_path / "d")
+    rows.append(("test/class_03/gone.png", "class_03", "test"))
+    listing = write_csv(tmp_path / "d" / "l.csv", rows)
+    with pytest.raises(FileNotFoundError, match=r"image .*gone\.png \(listed in .*l\.csv\) is missing"):
+        CsvImages(listing, "test")

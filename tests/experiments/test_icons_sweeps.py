@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from pml_recallk import benchmark
+from pml_recallk.experiments.builders import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "benchmarks" / "configs"
@@ -140,3 +142,15 @@ def test_the_search_never_embeds_a_test_image_and_its_base_is_protocol_a_s_rsk_a
     for name, config in configs.items():
         changed = {key for key, value in _flat(config).items() if _flat(configs["base"])[key] != value}
         assert len(changed) <= 2 and (name == "base") == (not changed), (name, changed)
+
+
+def test_the_protocols_batchnorm_setting_reaches_the_network():
+    # The MobileNetV2 registry entries pass train.freeze_batchnorm on (the model's own default is frozen, so
+    # without that protocol B would silently train with frozen statistics).
+    for path, frozen in ((FINETUNE, True), (SCRATCH, False)):
+        sweep = _load(path)
+        config = sweep.arm_config(sweep.arm("rsk_b256"), seed=0)
+        config["model"]["pretrained_path"] = ""  # the weights are not in git; the BatchNorm mode does not need them
+        model = build_model(config).train()
+        modes = {layer.training for layer in model.modules() if isinstance(layer, torch.nn.BatchNorm2d)}
+        assert modes == {not frozen}, path.name
