@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pml_recallk import benchmark
+from pml_recallk.benchmark import report
 from pml_recallk.experiments.builders import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,3 +155,10 @@ def test_the_protocols_batchnorm_setting_reaches_the_network():
         model = build_model(config).train()
         modes = {layer.training for layer in model.modules() if isinstance(layer, torch.nn.BatchNorm2d)}
         assert modes == {not frozen}, path.name
+
+
+def test_the_report_names_the_pretrained_backbone_of_protocol_a():
+    # The report's data line said "from random weights" whenever init_checkpoint was empty, also for protocol A.
+    line_a, line_b = (report._data_line(_load(path), []) for path in (FINETUNE, SCRATCH))
+    assert "from the backbone weights `benchmarks/.cache/mobilenet_v2_nsfwjs.pth`" in line_a
+    assert "random" not in line_a and "from random weights" in line_b
