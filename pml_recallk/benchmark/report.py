@@ -297,6 +297,8 @@ def _data_line(sweep: Sweep, results: Sequence[Mapping[str, Any]]) -> str:
         fonts = ", ".join(data["glyphs_font_dirs"]) or "matplotlib's fonts"
         source = f"Glyphs from {fonts}" + (", one face per family" if data["glyphs_one_face_per_family"] else "")
     start = f"from `{model['init_checkpoint']}`" if model["init_checkpoint"] else "from random weights"
+    if not model["init_checkpoint"] and model.get("pretrained_path"):  # a pretrained backbone, a fresh head
+        start = f"from the backbone weights `{model['pretrained_path']}`"
     return (
         "Data: "
         + "; ".join(f"{split} {s['images']} images of {s['classes']} classes" for split, s in sizes.items())

@@ -1,0 +1,86 @@
+"""The CPU cost of the icon study's pieces: one training step of the fine-tuned MobileNetV2 at a batch (through the
+gradient cache above 256, as the sweeps do), the loss alone at a batch, and the embedding of images for evaluation.
+
+    OMP_NUM_THREADS=1 python benchmarks/icons_step_cost.py --weights benchmarks/.cache/mobilenet_v2_nsfwjs.pth \\
+        --batches 256 1024 --loss-batches 256 1024 4096
+
+Process time (``time.process_time``, one torch thread), which on a shared machine is closer to what the step costs
+on an idle core than its wall time is; the wall time is printed beside it with the load average. Inputs are random
+64-px RGB batches (the cost does not depend on the pixels; with the data loader's PNG decoding and augmentation on
+top, the runs' steps cost more: docs/icons_benchmark.md compares).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from functools import partial
+
+import torch
+
+from pml_recallk import RecallKSurrogateLoss
+from pml_recallk.models import build_model
+from pml_recallk.trainers.gradient_cache import cached_backward
+
+
+def timed(function, repeats: int) -> tuple[float, float]:
+    """Median process and wall seconds of ``function()`` over ``repeats`` calls, after one warm-up call."""
+    function()
+    cpu, wall = [], []
+    for _ in range(repeats):
+        start_cpu, start_wall = time.process_time(), time.perf_counter()
+        function()
+        cpu.append(time.process_time() - start_cpu)
+        wall.append(time.perf_counter() - start_wall)
+    return sorted(cpu)[repeats // 2], sorted(wall)[repeats // 2]
+
+
+def train_step(model, optimizer, loss_fn, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """One optimiser step, through the gradient cache in chunks of 256 as the sweeps' larger batches are."""
+    model.train()
+    optimizer.zero_grad()
+    cached_backward(model, images, labels, loss_fn, chunk_size=min(len(images), 256))
+    optimizer.step()
+
+
+def loss_step(loss_fn, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+    loss_fn(embeddings, labels).backward()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", default="benchmarks/.cache/mobilenet_v2_nsfwjs.pth")
+    parser.add_argument("--model", default="mobilenet_v2_block13")
+    parser.add_argument("--batches", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--loss-batches", type=int, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build_model(args.model, embedding_size=128, pretrained_path=args.weights)
+    optimizer = torch.optim.Adam(model.parameters(), 3e-4)
+    loss_fn = RecallKSurrogateLoss()
+    print(f"torch {torch.__version__}, threads 1, {args.model}, 64 px, load {os.getloadavg()[0]:.1f}")
+
+    for batch in args.batches:
+        images, labels = torch.randn(batch, 3, 64, 64), torch.arange(batch // 4).repeat_interleave(4)
+        cpu, wall = timed(partial(train_step, model, optimizer, loss_fn, images, labels), args.repeats)
+        print(f"train step, batch {batch:5d}: {cpu:6.2f} s CPU ({wall:6.2f} s wall), {1e3 * cpu / batch:.1f} ms/image")
+
+    for batch in args.loss_batches:
+        embeddings = torch.nn.functional.normalize(torch.randn(batch, 128), dim=1).requires_grad_()
+        labels = torch.arange(batch // 4).repeat_interleave(4)
+        cpu, wall = timed(partial(loss_step, loss_fn, embeddings, labels), args.repeats)
+        print(f"RS@k loss + backward alone, batch {batch:5d}: {cpu:6.2f} s CPU ({wall:6.2f} s wall)")
+
+    images = torch.randn(256, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        cpu, wall = timed(lambda: model(images), args.repeats)
+    print(f"embedding for evaluation: {1e3 * cpu / 256:.2f} ms/image CPU ({1e3 * wall / 256:.2f} wall)")
+    print(f"load after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
