@@ -39,6 +39,8 @@ __all__ = [
     "normalised_recall_at_k",
     "recall_k_surrogate_loss",
     "recall_k_surrogate_loss_tiled",
+    "calibration_loss",
+    "calibration_loss_tiled",
     "default_query_chunk_size",
     "default_tile_size",
 ]
@@ -322,3 +324,76 @@ def recall_k_surrogate_loss_tiled(
     )
     recall = surrogate_recall_at_k(ranks, positive_valid, k_values, k_temperature, k_margin)
     return 1.0 - recall.mean(1), positive_valid.any(1)
+
+
+def calibration_loss(
+    sim: torch.Tensor,
+    query_labels: torch.Tensor,
+    database_labels: torch.Tensor,
+    self_index: torch.Tensor | None = None,
+    excluded_index: torch.Tensor | None = None,
+    positive_margin: float = 0.9,
+    negative_margin: float = 0.6,
+) -> torch.Tensor:
+    """Per-query calibration term C(q) (Nq,): the mean hinge of its positives below ``positive_margin`` plus the
+    mean hinge of its negatives above ``negative_margin``::
+
+        C(q) = mean_{p ∈ P_q} [α − s(q,p)]₊ + mean_{n ∈ N_q} [s(q,n) − β]₊
+
+    ROADMAP's calibration loss (Ramzi et al., NeurIPS 2021; α = 0.9, β = 0.6 for cosine similarity), taken per
+    query. A ranking loss only orders each query's database; this term also ties the similarities to one scale
+    across queries. P_q and N_q are the query's database columns (every column except ``excluded_index[q]`` and
+    its own ``self_index[q]``) with and without its label; an empty set adds 0.
+
+    >>> import torch
+    >>> sim = torch.tensor([[1.0, 0.5, 0.7], [0.5, 1.0, 0.2]])
+    >>> labels = torch.tensor([0, 0, 1])
+    >>> calibration_loss(sim, labels[:2], labels, self_index=torch.arange(2))  # [0.9-0.5] + [0.7-0.6], [0.9-0.5]
+    tensor([0.5000, 0.4000])
+    """
+    num_queries, num_columns = sim.shape
+    outside = _excluded_columns(num_queries, self_index, excluded_index, True, sim.device)
+    inside = torch.ones(num_queries, num_columns + 1, dtype=torch.bool, device=sim.device)
+    if outside is not None:
+        inside.scatter_(1, outside.masked_fill(outside < 0, num_columns), False)  # -1 padding → a spare column
+    inside = inside[:, :num_columns]
+    same = query_labels.to(sim.device)[:, None] == database_labels.to(sim.device)[None, :]
+    positive, negative = same & inside, ~same & inside
+    pull = (positive_margin - sim).clamp(min=0) * positive
+    push = (sim - negative_margin).clamp(min=0) * negative
+    return pull.sum(1) / positive.sum(1).clamp(min=1) + push.sum(1) / negative.sum(1).clamp(min=1)
+
+
+def calibration_loss_tiled(
+    query_emb: torch.Tensor,
+    database_emb: torch.Tensor,
+    query_labels: torch.Tensor,
+    database_labels: torch.Tensor,
+    self_index: torch.Tensor | None = None,
+    excluded_index: torch.Tensor | None = None,
+    positive_margin: float = 0.9,
+    negative_margin: float = 0.6,
+    tile_size: int | None = None,
+) -> torch.Tensor:
+    """:func:`calibration_loss` of ``sim = query_emb @ database_emb.T``, a tile of queries at a time: each tile's
+    similarities are recomputed in backward (activation checkpointing), so no Nq×N tensor is kept."""
+    from torch.utils.checkpoint import checkpoint
+
+    tile_size = tile_size or default_tile_size(len(database_emb), query_emb.device)
+    parts = []
+    for first in range(0, len(query_emb), tile_size):
+        rows = slice(first, first + tile_size)
+
+        def tile(q, rows=rows):
+            return calibration_loss(
+                q @ database_emb.T,
+                query_labels[rows],
+                database_labels,
+                None if self_index is None else self_index[rows],
+                None if excluded_index is None else excluded_index[rows],
+                positive_margin,
+                negative_margin,
+            )
+
+        parts.append(checkpoint(tile, query_emb[rows], use_reentrant=False))
+    return torch.cat(parts) if parts else query_emb.new_zeros(0)

@@ -280,6 +280,8 @@ RSK_ARGUMENTS = {
     "query_chunk_size": 0,
     "path": "auto",
     "tile_size": 0,
+    "calibration_weight": 0.0,
+    "calibration_margins": [0.9, 0.6],
 }
 """RS@k's ``[loss]`` keys with the paper's values (``query_chunk_size`` and ``tile_size`` 0: not set)."""
 
@@ -301,6 +303,8 @@ LOSSES: dict[str, LossEntry] = {
             "tile_size": "int",
             "rank_temperature": "float",
             "k_margin": "float",
+            "calibration_weight": "float",
+            "calibration_margins": "list[float]",
         },  # fmt: skip
     ),
     "contrastive": _pml_preset(

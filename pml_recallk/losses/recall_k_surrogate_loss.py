@@ -68,6 +68,12 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
             database), else dense. Every path gives the same numbers (to float rounding).
         tile_size: queries per similarity tile of the tiled paths; ``None``: about 8 M (CPU) or 64 M (GPU)
             similarities per tile.
+        calibration_weight: λ of a calibration term beside the smooth rank, ℓ(q) = (1 − λ)·ℓ_RS@k(q) + λ·C(q),
+            with C(q) the mean hinge of q's positives below ``calibration_margins[0]`` and of its negatives above
+            ``calibration_margins[1]`` (ROADMAP's, Ramzi et al. 2021; :func:`~pml_recallk.functional.calibration_loss`).
+            0 (default): RS@k alone, the paper's loss. docs/method.md §2 has the term; docs/icons_benchmark.md measures it.
+        calibration_margins: (α, β) of the calibration term, in similarity units (ROADMAP's 0.9 and 0.6 for
+            cosine similarity).
         **kwargs: PML's ``distance`` (a similarity: ``CosineSimilarity``, the default, or
             ``DotProductSimilarity`` with ``power=1``), ``reducer``, ``embedding_regularizer``, ...
 
@@ -96,6 +102,8 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
         query_chunk_size: int | None = None,
         path: str = "auto",
         tile_size: int | None = None,
+        calibration_weight: float = 0.0,
+        calibration_margins: Sequence[float] = (0.9, 0.6),
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -108,9 +116,14 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
         self.tile_size = check_positive_int(tile_size, "tile_size", allow_none=True)
         _check_similarity(self.distance)
         self.path = _check_path(path, self.distance)
+        self.calibration_weight = _check_calibration_weight(calibration_weight)
+        self.calibration_margins = _check_calibration_margins(calibration_margins)
         self._warned_nothing_to_learn = False
         self.add_to_recordable_attributes(
-            list_of_names=["k_values", "rank_temperature", "k_temperature", "k_margin", "count_query_in_rank"],
+            list_of_names=[
+                "k_values", "rank_temperature", "k_temperature", "k_margin", "count_query_in_rank",
+                "calibration_weight",
+            ],  # fmt: skip
             is_stat=False,
         )
 
@@ -235,6 +248,11 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
             per_query, has_positive = functional.recall_k_surrogate_loss(
                 sim, query_labels, database_labels, self_index, excluded_index, **self._functional_kwargs()
             )
+            if self.calibration_weight:
+                calibration = functional.calibration_loss(
+                    sim, query_labels, database_labels, self_index, excluded_index, *self.calibration_margins
+                )
+                per_query = self._calibrated(per_query, calibration)
             return self._loss_dict(per_query, has_positive, weights, (query_emb, database_emb), sizes)
         if path == "fused":
             from .._triton import check_triton_usable
@@ -251,6 +269,18 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
             kernel="triton" if path == "fused" else "torch",
             **self._functional_kwargs(),
         )
+        if self.calibration_weight:
+            calibration = functional.calibration_loss_tiled(
+                query_emb,
+                database_emb,
+                query_labels,
+                database_labels,
+                self_index,
+                excluded_index,
+                *self.calibration_margins,
+                tile_size=self.tile_size,
+            )
+            per_query = self._calibrated(per_query, calibration)
         return self._loss_dict(per_query, has_positive, weights, (query_emb, database_emb), sizes)
 
     def loss_from_similarities(
@@ -276,8 +306,17 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
             excluded_index=excluded_index,
             **self._functional_kwargs(),
         )
+        if self.calibration_weight:
+            calibration = functional.calibration_loss(
+                sim, query_labels, database_labels, self_index, excluded_index, *self.calibration_margins
+            )
+            per_query = self._calibrated(per_query, calibration)
         sizes = self._database_sizes(sim.shape[1], self_index, excluded_index)
         return self._loss_dict(per_query, has_positive, weights, None, sizes)
+
+    def _calibrated(self, per_query: torch.Tensor, calibration: torch.Tensor) -> torch.Tensor:
+        """(1 − λ)·ℓ_RS@k + λ·C per query (λ = ``calibration_weight``)."""
+        return (1.0 - self.calibration_weight) * per_query + self.calibration_weight * calibration
 
     def _functional_kwargs(self) -> dict:
         return {
@@ -468,6 +507,30 @@ def _check_reference(embeddings: torch.Tensor, ref_emb, ref_labels) -> None:
         )
     if ref_emb.device != embeddings.device:
         raise ValueError(f"ref_emb is on {ref_emb.device} but embeddings on {embeddings.device}; move one")
+
+
+def _check_calibration_weight(value) -> float:
+    value = check_real(value, "calibration_weight")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"calibration_weight must be in [0, 1] (the calibration term's share of the loss; 0: RS@k alone), "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _check_calibration_margins(value) -> tuple[float, float]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise TypeError(
+            f"calibration_margins must be two numbers (positive_margin, negative_margin), e.g. (0.9, 0.6), got {value!r}"
+        )
+    positive, negative = (check_real(v, "calibration_margins") for v in value)
+    if positive < negative:
+        raise ValueError(
+            f"calibration_margins=({positive}, {negative}): the positive margin must not be below the negative one "
+            "(positives are pulled above the first, negatives pushed below the second)"
+        )
+    return positive, negative
 
 
 def _check_k_temperature(value, k_values: list[int]) -> float | list[float]:

@@ -409,13 +409,14 @@ def test_pml_logging_hooks_record_the_hyper_parameters(tmp_path):
     from pytorch_metric_learning.utils import logging_presets
 
     record_keeper, _, _ = logging_presets.get_record_keeper(str(tmp_path / "logs"))
-    loss_fn = RecallKSurrogateLoss(k_values=(1, 4), k_temperature=(1.0, 2.0))
+    loss_fn = RecallKSurrogateLoss(k_values=(1, 4), k_temperature=(1.0, 2.0), calibration_weight=0.25)
     emb, labels = random_batch(3, (3, 3, 3), seed=20)
     loss_fn(emb, labels)
     record_keeper.update_records({"metric_loss": loss_fn}, global_iteration=1)
     record_keeper.save_records()
     table = (tmp_path / "logs" / "metric_loss_RecallKSurrogateLoss.csv").read_text()
-    assert table.splitlines()[1] == "1,0.01,0.0,False"  # ~iteration~, rank_temperature, k_margin, count_query_in_rank
+    # ~iteration~, rank_temperature, k_margin, count_query_in_rank, calibration_weight
+    assert table.splitlines()[1] == "1,0.01,0.0,False,0.25"
 
 
 @pytest.mark.parametrize("path", ["dense", "tiled"])

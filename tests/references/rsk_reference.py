@@ -66,8 +66,11 @@ def reference_loss(
     count_query_in_rank=False,
     weights=None,
     similarity=None,
+    calibration_weight=0.0,
+    calibration_margins=(0.9, 0.6),
 ):
-    """Mean of 1 − mean_k R̃_k(q) over queries with a positive (each multiplied by its weight, if given)."""
+    """Mean of 1 − mean_k R̃_k(q) over queries with a positive (each multiplied by its weight, if given); with a
+    ``calibration_weight`` λ, of (1 − λ)·(1 − mean_k R̃_k(q)) + λ·C(q) (:func:`calibration_per_query`)."""
     emb = embeddings.double().tolist()
     labels = [int(x) for x in labels]
     same_set = ref_emb is None
@@ -89,5 +92,22 @@ def reference_loss(
     )
     if not recalls:
         return 0.0
-    losses = [(1.0 - sum(r) / len(r)) * (1.0 if weights is None else float(weights[q])) for q, r in recalls.items()]
+    calibration = calibration_per_query(sim, labels, ref_labels, databases, self_columns, *calibration_margins)
+    lam = calibration_weight
+    losses = [
+        ((1.0 - lam) * (1.0 - sum(r) / len(r)) + lam * calibration[q]) * (1.0 if weights is None else float(weights[q]))
+        for q, r in recalls.items()
+    ]
     return sum(losses) / len(losses)
+
+
+def calibration_per_query(sim, query_labels, db_labels, databases, self_columns, positive_margin, negative_margin):
+    """C(q) = mean over q's positives of max(0, α − s) + mean over its negatives of max(0, s − β); the column that is
+    q itself is neither (an empty set adds 0)."""
+    out = []
+    for q, row in enumerate(sim):
+        columns = [z for z in databases[q] if z != self_columns[q]]
+        pulls = [max(0.0, positive_margin - row[z]) for z in columns if db_labels[z] == query_labels[q]]
+        pushes = [max(0.0, row[z] - negative_margin) for z in columns if db_labels[z] != query_labels[q]]
+        out.append((sum(pulls) / len(pulls) if pulls else 0.0) + (sum(pushes) / len(pushes) if pushes else 0.0))
+    return out
