@@ -197,6 +197,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
             choices=MIXED_PRECISION,
         ),
         "grad_clip": Field("float", 0.0, "clip the gradient norm to this value (0 = no clipping)", minimum=0.0),
+        "rank_temperature_end": Field(
+            "float",
+            0.0,
+            "RS@k only: anneal loss.rank_temperature geometrically from its value at the first step to this at the "
+            "last (RankTemperatureSchedule; 0 = constant)",
+            minimum=0.0,
+        ),
         "seed": Field("int", 0, "seed of initialisation, sampling and augmentation", minimum=0),
         "device": Field("str", "auto", "auto, cpu, cuda, cuda:N or mps"),
         "stop_on_nan": Field(
@@ -607,6 +614,7 @@ def validate_config(config: Mapping[str, Mapping[str, Any]]) -> None:
     _validate_model(config)
     _validate_loss(config)
     _validate_train(config["train"])
+    _validate_schedule(config)
     k_values = config["eval"]["k_values"]
     _check_k_list("eval.k_values", k_values)
     if 1 not in k_values:
@@ -711,6 +719,14 @@ def _validate_loss(config: Mapping[str, Mapping[str, Any]]) -> None:
             f"batch; set memory.size to at least {batch}"
         )
     _try_building_the_loss(config)
+
+
+def _validate_schedule(config: Mapping[str, Mapping[str, Any]]) -> None:
+    if config["train"]["rank_temperature_end"] and config["loss"]["name"] not in ("rsk", "RecallKSurrogateLoss"):
+        raise ConfigError(
+            f"train.rank_temperature_end anneals RS@k's rank temperature, but loss.name is {config['loss']['name']!r}; "
+            "set it to 0 or use loss.name = \"rsk\""
+        )
 
 
 def _validate_rsk(loss: Mapping[str, Any]) -> None:

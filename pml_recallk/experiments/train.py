@@ -52,6 +52,7 @@ from pytorch_metric_learning.utils import logging_presets
 from torch.utils.data import Dataset
 
 from .._io import write_json_atomic
+from ..losses.rank_temperature_schedule import RankTemperatureSchedule
 from ..losses.recall_k_surrogate_loss import NothingToLearnWarning
 from ..trainers.collapse import validation_collapse
 from . import builders, distributed
@@ -328,6 +329,17 @@ class _Run:
     elapsed_before: float
     epoch_started: float = 0.0
     _warnings: list[warnings.WarningMessage] = field(default_factory=list)  # caught this epoch, not yet recorded
+    _schedule: RankTemperatureSchedule | None = None
+
+    def __post_init__(self) -> None:
+        config = self.setup.config
+        if config["train"]["rank_temperature_end"]:
+            self._schedule = RankTemperatureSchedule(
+                self.setup.parts.loss,
+                start=config["loss"]["rank_temperature"],
+                end=config["train"]["rank_temperature_end"],
+                total_steps=config["train"]["epochs"] * self.setup.iterations,
+            )
 
     def train(self, start_epoch: int) -> None:
         """Train epochs ``start_epoch`` … ``train.epochs`` (fewer if validation stops the run early)."""
@@ -347,6 +359,8 @@ class _Run:
             if epoch <= warmup_epochs:
                 self.log(f"epoch {epoch}/{epochs}: warm-up, only the embedding layer and the loss's parameters train")
                 warmup = _backbone_frozen(trainer, parts.model, self.setup.warmup_layer)
+            if self._schedule is not None:  # from the step number alone, so a resumed run goes on alike
+                self._schedule.set_step((epoch - 1) * self.setup.iterations)
             self.log(f"epoch {epoch}/{epochs}: training, {self.setup.iterations} iterations")  # PML's bar: the loss
             with warmup, self._caught_warnings():
                 # DDP (under torchrun) fixes the trainable parameters when it wraps: wrap anew after warm-up changes.
@@ -365,6 +379,8 @@ class _Run:
 
     def on_iteration(self, trainer) -> None:
         self.history.loss.append([trainer.get_global_iteration(), float(trainer.losses["total_loss"])])
+        if self._schedule is not None:  # PML's global iteration counts from 0: this step's number, not the next's
+            self._schedule.set_step(trainer.get_global_iteration() + 1)
         if self.records is not None:
             self.records.hooks.end_of_iteration_hook(trainer)
 
