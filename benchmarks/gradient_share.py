@@ -15,7 +15,12 @@ does Adam's normalisation. Three batches per batch size, from the checkpoint a f
 
     python benchmarks/gradient_share.py --threads 1
 
-writes ``benchmarks/results/gradient_share/gradient_share.{md,json}``.
+writes ``benchmarks/results/gradient_share/gradient_share.{md,json}``. Any sweep arm's network and data instead of
+the Han config, at its starting weights or at a trained run's best checkpoint, with RS@k variants (``NAME+key=value``
+sets keys of the loss table), e.g. the icon study's (issue 21):
+
+    python benchmarks/gradient_share.py --sweep benchmarks/configs/sweep_icons_finetune.toml --arm rsk_b256 \
+        --losses rsk rsk+calibration_weight=0.1 rsk+rank_temperature=0.04 contrastive fastap --name icons_start
 """
 
 from __future__ import annotations
@@ -37,9 +42,20 @@ RESULTS = ROOT / "benchmarks" / "results" / "gradient_share"
 LOSSES = ("rsk", "contrastive", "fastap", "multi_similarity", "triplet")
 
 
+def loss_config(config, variant: str) -> dict:
+    """The config with the loss of ``variant``: a preset name, optionally ``+key=value`` keys of its table."""
+    from pml_recallk.experiments.config import apply_overrides, validate_config  # noqa: PLC0415
+
+    name, *settings = variant.split("+")
+    config = apply_overrides(config, [f"loss.name={name}", *(f"loss.{setting}" for setting in settings)])
+    validate_config(config)
+    return config
+
+
 def gradient_norms(loss_name: str, config, embeddings: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    """‖∂L/∂e_i‖ for every item i of the batch, under the loss (and miner) the benchmark builds for ``loss_name``."""
-    config = {**config, "loss": {**config["loss"], "name": loss_name}}
+    """‖∂L/∂e_i‖ for every item i of the batch, under the loss (and miner) the benchmark builds for ``loss_name``
+    (a preset, or ``preset+key=value+…``)."""
+    config = loss_config(config, loss_name)
     loss_fn, miner = builders.build_loss(config, num_classes=int(labels.max()) + 1)
     leaf = embeddings.detach().clone().requires_grad_(True)
     pairs = miner(leaf, labels) if miner is not None else None
@@ -66,12 +82,28 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--draws", type=int, default=3, help="batches per batch size")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sweep", help="take the network, data and recipe of an arm of this sweep file instead")
+    parser.add_argument("--arm", help="the arm of --sweep (seed 0)")
+    parser.add_argument("--checkpoint", default="", help="a run folder or checkpoint to load instead of the start")
+    parser.add_argument("--losses", nargs="+", default=list(LOSSES), help="presets, or preset+key=value+...")
+    parser.add_argument("--name", default="gradient_share", help="results file name (benchmarks/results/gradient_share/)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = resolve_config(config_file=args.config)
+    if args.sweep:
+        from pml_recallk import benchmark  # noqa: PLC0415
+
+        sweep, _ = benchmark.load_sweep(args.sweep)
+        config = sweep.arm_config(sweep.arm(args.arm), seed=0)
+        source = f"sweep `{Path(args.sweep).name}`, arm `{args.arm}`"
+    else:
+        config = resolve_config(config_file=args.config)
+        source = f"config `{Path(args.config).name}`"
+    torch.manual_seed(config["train"]["seed"])  # the head's initialisation, as the run's
     train = builders.build_datasets(config, splits=["train"])["train"]
     model = builders.build_model(config)
-    load_init_weights(model, config["model"]["init_checkpoint"])
+    start = args.checkpoint or config["model"]["init_checkpoint"]
+    if start:
+        load_init_weights(model, start)
     model.eval()
     rows = []
     for batch in args.batches:
@@ -79,22 +111,22 @@ def main(argv=None) -> int:
             images, labels = draw_batch(train, batch, seed=draw)
             with torch.no_grad():
                 embeddings = torch.cat([model(chunk) for chunk in images.split(512)])
-            for loss_name in LOSSES:
+            for loss_name in args.losses:
                 rows.append({"batch": batch, "draw": draw, "loss": loss_name,
                              **gradient_spread(gradient_norms(loss_name, config, embeddings, labels))})  # fmt: skip
             print(f"batch {batch} draw {draw} done", file=sys.stderr, flush=True)
     lines = [
-        "# How many items of a batch each loss learns from (Han fine-tune, at the pretrained checkpoint)",
+        f"# How many items of a batch each loss learns from ({source})",
         "",
-        f"`python benchmarks/gradient_share.py --threads {args.threads}`; config `{Path(args.config).name}`, "
-        f"checkpoint `{config['model']['init_checkpoint']}`. Means over {args.draws} batches of batch/4 training "
+        f"`python {' '.join(sys.argv)}`; {source}, weights `{start or config['model']['pretrained_path'] or 'random'}`"
+        f". Means over {args.draws} batches of batch/4 training "
         "classes × 4. Participation ratio (Σ g)² / (B Σ g²) of the per-item gradient norms g (1: every item the "
         "same); the share of items that carry 90 % of Σ g²; the share below 1 % of the largest g.",
         "",
         "| loss | batch | participation ratio | share carrying 90 % | silent share |",
         "|---|---:|---:|---:|---:|",
     ]
-    for loss_name in LOSSES:
+    for loss_name in args.losses:
         for batch in args.batches:
             mine = [r for r in rows if r["loss"] == loss_name and r["batch"] == batch]
             mean = {key: float(np.mean([r[key] for r in mine])) for key in ("participation", "share_for_90", "silent")}
@@ -102,7 +134,7 @@ def main(argv=None) -> int:
                 f"| {loss_name} | {batch} | {mean['participation']:.2f} | {mean['share_for_90']:.2f} "
                 f"| {mean['silent']:.2f} |"
             )
-    harness.write_results(RESULTS / "gradient_share", {"rows": rows, "command": " ".join(sys.argv)}, "\n".join(lines))
+    harness.write_results(RESULTS / args.name, {"rows": rows, "command": " ".join(sys.argv)}, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

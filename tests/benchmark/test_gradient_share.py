@@ -1,0 +1,46 @@
+"""benchmarks/gradient_share.py: its loss variants and its measure of how a batch's gradient is spread."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pml_recallk.experiments import resolve_config
+from pml_recallk.experiments.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def gradient_share():
+    spec = importlib.util.spec_from_file_location("gradient_share", REPO / "benchmarks/gradient_share.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_variant_sets_keys_of_the_loss_table(gradient_share):
+    config = resolve_config()
+    calibrated = gradient_share.loss_config(config, "rsk+calibration_weight=0.5+rank_temperature=0.04")
+    assert (calibrated["loss"]["calibration_weight"], calibrated["loss"]["rank_temperature"]) == (0.5, 0.04)
+    assert gradient_share.loss_config(config, "contrastive")["loss"]["name"] == "contrastive"
+    with pytest.raises(ConfigError, match="calibration_weight"):
+        gradient_share.loss_config(config, "rsk+calibration_weight=2.0")
+
+
+def test_gradient_norms_are_the_per_item_gradient_of_the_loss(gradient_share):
+    """The norms equal those of an RS@k built by hand with the variant's settings, item by item."""
+    from pml_recallk import RecallKSurrogateLoss  # noqa: PLC0415
+
+    config = resolve_config()
+    torch.manual_seed(0)
+    embeddings = torch.nn.functional.normalize(torch.randn(32, 8), dim=1)
+    labels = torch.arange(8).repeat_interleave(4)
+    got = gradient_share.gradient_norms("rsk+calibration_weight=0.5", config, embeddings, labels)
+    leaf = embeddings.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(RecallKSurrogateLoss(calibration_weight=0.5)(leaf, labels), leaf)
+    np.testing.assert_allclose(got, grad.norm(dim=1).double().numpy(), rtol=1e-6)
