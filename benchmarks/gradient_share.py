@@ -66,6 +66,19 @@ def gradient_norms(loss_name: str, config, embeddings: torch.Tensor, labels: tor
     return grad.norm(dim=1).double().numpy()
 
 
+def share_with_a_positive_near_the_top(embeddings: torch.Tensor, labels: torch.Tensor, k: int = 16) -> float:
+    """The share of queries whose nearest positive is among their ``k`` most similar other items (cosine): the
+    queries for which RS@k's recall sigmoids σ((k − r̃)/τ_k), k ≤ 16, are not flat."""
+    e = torch.nn.functional.normalize(embeddings.double(), dim=1)
+    sim = e @ e.T
+    sim.fill_diagonal_(-float("inf"))
+    same = labels[:, None] == labels[None, :]
+    same.fill_diagonal_(False)
+    best_positive = sim.masked_fill(~same, -float("inf")).max(1).values
+    rank = (sim > best_positive[:, None]).sum(1) + 1  # 1: the nearest other item is a positive
+    return float((rank <= k).double().mean())
+
+
 def draw_batch(train, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     rng = np.random.default_rng(seed)
     labels_all = np.asarray(train.labels)
@@ -111,9 +124,11 @@ def main(argv=None) -> int:
             images, labels = draw_batch(train, batch, seed=draw)
             with torch.no_grad():
                 embeddings = torch.cat([model(chunk) for chunk in images.split(512)])
+            near_top = share_with_a_positive_near_the_top(embeddings, labels)
             for loss_name in args.losses:
                 rows.append({"batch": batch, "draw": draw, "loss": loss_name,
-                             **gradient_spread(gradient_norms(loss_name, config, embeddings, labels))})  # fmt: skip
+                             **gradient_spread(gradient_norms(loss_name, config, embeddings, labels)),
+                             "positive_in_top_16": near_top})  # fmt: skip
             print(f"batch {batch} draw {draw} done", file=sys.stderr, flush=True)
     lines = [
         f"# How many items of a batch each loss learns from ({source})",
@@ -126,6 +141,8 @@ def main(argv=None) -> int:
         "| loss | batch | participation ratio | share carrying 90 % | silent share |",
         "|---|---:|---:|---:|---:|",
     ]
+    top = [f"{batch}: {np.mean([r['positive_in_top_16'] for r in rows if r['batch'] == batch]):.2f}" for batch in args.batches]
+    lines[3:3] = ["", "Queries whose nearest positive is among their 16 nearest items (the largest k), by batch: " + ", ".join(top) + "."]
     for loss_name in args.losses:
         for batch in args.batches:
             mine = [r for r in rows if r["loss"] == loss_name and r["batch"] == batch]

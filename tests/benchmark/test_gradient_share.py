@@ -44,3 +44,17 @@ def test_gradient_norms_are_the_per_item_gradient_of_the_loss(gradient_share):
     leaf = embeddings.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(RecallKSurrogateLoss(calibration_weight=0.5)(leaf, labels), leaf)
     np.testing.assert_allclose(got, grad.norm(dim=1).double().numpy(), rtol=1e-6)
+
+
+def test_share_with_a_positive_near_the_top_equals_a_loop(gradient_share):
+    g = torch.Generator().manual_seed(3)
+    embeddings, labels = torch.randn(40, 3, generator=g), torch.randint(0, 6, (40,), generator=g)
+    e = torch.nn.functional.normalize(embeddings.double(), dim=1).tolist()
+    hits, counted = 0, 0
+    for q in range(40):
+        others = [z for z in range(40) if z != q]
+        ranked = sorted(others, key=lambda z: -sum(a * b for a, b in zip(e[q], e[z])))
+        counted += 1
+        hits += any(labels[z] == labels[q] for z in ranked[:5])
+    got = gradient_share.share_with_a_positive_near_the_top(embeddings, labels, k=5)
+    assert got == pytest.approx(hits / counted)
