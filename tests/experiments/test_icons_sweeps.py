@@ -62,7 +62,8 @@ def test_protocol_a_fine_tunes_the_pretrained_trunk_and_protocol_b_starts_from_r
 def test_protocol_b_runs_protocol_a_s_arms_without_the_memory_and_with_the_same_overrides():
     finetune = {arm.name: arm for arm in _load(FINETUNE).arms}
     scratch = {arm.name: arm for arm in _load(SCRATCH).arms}
-    assert set(finetune) - set(scratch) == {"rsk_xbm_b256"} and set(scratch) <= set(finetune)
+    # The memory, and the remedy chosen on protocol A's validation search, are protocol A's alone.
+    assert set(finetune) - set(scratch) == {"rsk_xbm_b256", "rsk_calibration_b256"} and set(scratch) <= set(finetune)
     for name, arm in scratch.items():
         other = finetune[name]
         assert (arm.loss, arm.equal_steps) == (other.loss, other.equal_steps), name
@@ -99,13 +100,22 @@ def test_the_arms_are_the_ones_the_issue_lists(path):
     equal_steps = sorted((configs[n]["loss"]["name"], sweep.arm(n).equal_steps) for n in pml if "equal_steps" in n)
     assert equal_steps == [("contrastive", "contrastive_b256"), ("fastap", "fastap_b256")]
     assert all(configs[n]["data"]["batch_size"] == 4096 for n in pml if "equal_steps" in n)
-    # Every arm uses its preset's settings: no arm sets loss hyper-parameters or a miner of its own.
-    assert all("loss" not in sweep.arm(name).overrides and "miner" not in sweep.arm(name).overrides for name in configs)
+    # Every arm uses its preset's settings: no arm sets loss hyper-parameters or a miner of its own, but the remedy
+    # arm of protocol A, which sets the one key the validation search chose.
+    remedy = {"rsk_calibration_b256"} & set(configs)
+    for name in configs:
+        loss_keys = set(sweep.arm(name).overrides.get("loss", {})) - {"name"}
+        assert loss_keys == ({"calibration_weight"} if name in remedy else set()), name
+        assert "miner" not in sweep.arm(name).overrides, name
+    for name in remedy:
+        assert configs[name]["loss"]["calibration_weight"] == 0.1 and configs[name]["data"]["batch_size"] == 256
     # Nothing but batch, steps, chunking and the named option differs between arms.
     allowed = {"data.batch_size", "train.chunk_size", "mixup.enabled", "mixup.mode", "memory.enabled", "memory.size"}
     allowed |= {"train.warmup_epochs", "train.loss_lr"}  # ProxyAnchor's, checked below
     for name in configs:
-        keys = set(_flat(sweep.arm(name).overrides))
+        keys = set(_flat(sweep.arm(name).overrides)) - ({"loss.name", "loss.calibration_weight"} & {
+            f"loss.{key}" for key in sweep.arm(name).overrides.get("loss", {}) if name in remedy
+        })
         assert keys <= allowed, (name, keys - allowed)
 
 
