@@ -99,7 +99,9 @@ def main(argv=None) -> int:
     parser.add_argument("--arm", help="the arm of --sweep (seed 0)")
     parser.add_argument("--checkpoint", default="", help="a run folder or checkpoint to load instead of the start")
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), help="presets, or preset+key=value+...")
-    parser.add_argument("--name", default="gradient_share", help="results file name (benchmarks/results/gradient_share/)")
+    parser.add_argument(
+        "--name", default="gradient_share", help="results file name (benchmarks/results/gradient_share/)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.sweep:
@@ -141,8 +143,16 @@ def main(argv=None) -> int:
         "| loss | batch | participation ratio | share carrying 90 % | silent share |",
         "|---|---:|---:|---:|---:|",
     ]
-    top = [f"{batch}: {np.mean([r['positive_in_top_16'] for r in rows if r['batch'] == batch]):.2f}" for batch in args.batches]
-    lines[3:3] = ["", "Queries whose nearest positive is among their 16 nearest items (the largest k), by batch: " + ", ".join(top) + "."]
+    top = [
+        f"{batch}: {np.mean([r['positive_in_top_16'] for r in rows if r['batch'] == batch]):.2f}"
+        for batch in args.batches
+    ]
+    lines[3:3] = [
+        "",
+        "Queries whose nearest positive is among their 16 nearest items (the largest k), by batch: "
+        + ", ".join(top)
+        + ".",
+    ]
     for loss_name in args.losses:
         for batch in args.batches:
             mine = [r for r in rows if r["loss"] == loss_name and r["batch"] == batch]

@@ -725,7 +725,7 @@ def _validate_schedule(config: Mapping[str, Mapping[str, Any]]) -> None:
     if config["train"]["rank_temperature_end"] and config["loss"]["name"] not in ("rsk", "RecallKSurrogateLoss"):
         raise ConfigError(
             f"train.rank_temperature_end anneals RS@k's rank temperature, but loss.name is {config['loss']['name']!r}; "
-            "set it to 0 or use loss.name = \"rsk\""
+            'set it to 0 or use loss.name = "rsk"'
         )
 
 

@@ -1,4 +1,4 @@
-"""RankTemperatureSchedule: anneal RS@k's rank temperature during training, as a learning-rate schedule does the rate."""
+"""RankTemperatureSchedule: anneal RS@k's rank temperature during training, as an lr schedule does the rate."""
 
 from __future__ import annotations
 

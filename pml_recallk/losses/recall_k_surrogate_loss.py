@@ -70,8 +70,9 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
             similarities per tile.
         calibration_weight: λ of a calibration term beside the smooth rank, ℓ(q) = (1 − λ)·ℓ_RS@k(q) + λ·C(q),
             with C(q) the mean hinge of q's positives below ``calibration_margins[0]`` and of its negatives above
-            ``calibration_margins[1]`` (ROADMAP's, Ramzi et al. 2021; :func:`~pml_recallk.functional.calibration_loss`).
-            0 (default): RS@k alone, the paper's loss. docs/method.md §2 has the term; docs/icons_benchmark.md measures it.
+            ``calibration_margins[1]`` (ROADMAP's, Ramzi et al. 2021;
+            :func:`~pml_recallk.functional.calibration_loss`). 0 (default): RS@k alone, the paper's loss.
+            docs/method.md §2 has the term; docs/icons_benchmark.md measures it.
         calibration_margins: (α, β) of the calibration term, in similarity units (ROADMAP's 0.9 and 0.6 for
             cosine similarity).
         **kwargs: PML's ``distance`` (a similarity: ``CosineSimilarity``, the default, or
@@ -121,7 +122,11 @@ class RecallKSurrogateLoss(BaseMetricLossFunction):
         self._warned_nothing_to_learn = False
         self.add_to_recordable_attributes(
             list_of_names=[
-                "k_values", "rank_temperature", "k_temperature", "k_margin", "count_query_in_rank",
+                "k_values",
+                "rank_temperature",
+                "k_temperature",
+                "k_margin",
+                "count_query_in_rank",
                 "calibration_weight",
             ],  # fmt: skip
             is_stat=False,
@@ -522,7 +527,8 @@ def _check_calibration_weight(value) -> float:
 def _check_calibration_margins(value) -> tuple[float, float]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
         raise TypeError(
-            f"calibration_margins must be two numbers (positive_margin, negative_margin), e.g. (0.9, 0.6), got {value!r}"
+            "calibration_margins must be two numbers (positive_margin, negative_margin), e.g. (0.9, 0.6), "
+            f"got {value!r}"
         )
     positive, negative = (check_real(v, "calibration_margins") for v in value)
     if positive < negative:

@@ -113,9 +113,10 @@ def test_the_arms_are_the_ones_the_issue_lists(path):
     allowed = {"data.batch_size", "train.chunk_size", "mixup.enabled", "mixup.mode", "memory.enabled", "memory.size"}
     allowed |= {"train.warmup_epochs", "train.loss_lr"}  # ProxyAnchor's, checked below
     for name in configs:
-        keys = set(_flat(sweep.arm(name).overrides)) - ({"loss.name", "loss.calibration_weight"} & {
-            f"loss.{key}" for key in sweep.arm(name).overrides.get("loss", {}) if name in remedy
-        })
+        keys = set(_flat(sweep.arm(name).overrides)) - (
+            {"loss.name", "loss.calibration_weight"}
+            & {f"loss.{key}" for key in sweep.arm(name).overrides.get("loss", {}) if name in remedy}
+        )
         assert keys <= allowed, (name, keys - allowed)
 
 
