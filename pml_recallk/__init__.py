@@ -10,7 +10,7 @@ needs them is used.
 
 from ._lazy import lazy_names
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _PUBLIC = {
     "RecallKSurrogateLoss": "pml_recallk.losses",
