@@ -16,6 +16,7 @@ _PUBLIC = {
     "RecallKSurrogateLoss": "pml_recallk.losses",
     "SimilarityMixup": "pml_recallk.losses",
     "CrossBatchMemory": "pml_recallk.losses",
+    "RankTemperatureSchedule": "pml_recallk.losses",
     "cached_backward": "pml_recallk.trainers",
     "MemoryEfficientTrainer": "pml_recallk.trainers",
     "RecallAtKAccuracyCalculator": "pml_recallk.evaluation",
