@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_int, check_positive_float, check_positive_int
-from .recall_k_surrogate_loss import RecallKSurrogateLoss
+from .recall_k_surrogate_loss import find_recall_k_surrogate
 
 
 class RankTemperatureSchedule:
@@ -39,7 +39,12 @@ class RankTemperatureSchedule:
     """
 
     def __init__(self, loss: torch.nn.Module, start: float, end: float, total_steps: int, last_step: int = 0):
-        self.loss = _find_recall_k_surrogate(loss)
+        self.loss = find_recall_k_surrogate(loss)
+        if self.loss is None:
+            raise TypeError(
+                "RankTemperatureSchedule needs a RecallKSurrogateLoss (or a wrapper around one), got "
+                f"{type(loss).__name__}"
+            )
         self.start = check_positive_float(start, "start")
         self.end = check_positive_float(end, "end")
         self.total_steps = check_positive_int(total_steps, "total_steps")
@@ -60,14 +65,3 @@ class RankTemperatureSchedule:
     def step(self) -> None:
         """One optimiser step was taken: set the temperature of the next."""
         self.set_step(self.last_step + 1)
-
-
-def _find_recall_k_surrogate(loss) -> RecallKSurrogateLoss:
-    found = loss
-    while found is not None and not isinstance(found, RecallKSurrogateLoss):
-        found = getattr(found, "loss", None)
-    if found is None:
-        raise TypeError(
-            f"RankTemperatureSchedule needs a RecallKSurrogateLoss (or a wrapper around one), got {type(loss).__name__}"
-        )
-    return found

@@ -551,13 +551,17 @@ def _check_k_temperature(value, k_values: list[int]) -> float | list[float]:
     return [check_positive_float(t, "k_temperature") for t in value]
 
 
-def contains_recall_k_surrogate(loss: object) -> bool:
-    """RS@k itself, or a wrapper around it (SimilarityMixup, CrossBatchMemory, ...: their ``loss`` attribute)."""
-    while loss is not None:
-        if isinstance(loss, RecallKSurrogateLoss):
-            return True
+def find_recall_k_surrogate(loss: object) -> RecallKSurrogateLoss | None:
+    """RS@k itself, or the one inside a wrapper (SimilarityMixup, CrossBatchMemory, ...: their ``loss`` attribute);
+    None when there is none."""
+    while loss is not None and not isinstance(loss, RecallKSurrogateLoss):
         loss = getattr(loss, "loss", None)
-    return False
+    return loss
+
+
+def contains_recall_k_surrogate(loss: object) -> bool:
+    """RS@k itself, or a wrapper around it."""
+    return find_recall_k_surrogate(loss) is not None
 
 
 def float_embeddings(embeddings: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from rsk_reference import calibration_per_query, cosine_matrix, reference_loss
 
 from pml_recallk import CrossBatchMemory, RecallKSurrogateLoss
 from pml_recallk import functional as rsk_functional
+from pml_recallk.losses.recall_k_surrogate_loss import find_recall_k_surrogate
 
 
 def _batch(seed, n=24, classes=6, dim=5):
@@ -152,7 +153,5 @@ def test_config_sets_the_calibration_term():
 
     config = apply_overrides(default_config(), ["loss.calibration_weight=0.25", "loss.calibration_margins=[0.8, 0.5]"])
     validate_config(config)
-    found, _ = build_loss(config, num_classes=10)
-    while not isinstance(found, RecallKSurrogateLoss):
-        found = found.loss
+    found = find_recall_k_surrogate(build_loss(config, num_classes=10)[0])
     assert (found.calibration_weight, found.calibration_margins) == (0.25, (0.8, 0.5))
