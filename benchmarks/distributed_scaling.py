@@ -113,6 +113,7 @@ def worker(args: argparse.Namespace) -> None:
     result = {"rank": rank, "seconds": seconds, "memory": memory, "peak_rss": rss.peak, "losses": losses}
     args.worker.with_name(f"{args.worker.name}.rank{rank}.json").write_text(json.dumps(result))
     if world_size > 1:
+        dist.barrier()  # no rank tears gloo down while another still uses it
         dist.destroy_process_group()
 
 

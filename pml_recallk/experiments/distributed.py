@@ -133,6 +133,9 @@ def process_group(device_name: str) -> Iterator[World]:
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=_timeout())
     try:
         yield world
+        # The other ranks wait here while rank 0 evaluates and writes: a rank that tears gloo down while a peer still
+        # uses its connections can abort at exit ("terminate called without an active exception", seen in CI).
+        dist.barrier()
     except (dist.DistError, RuntimeError) as error:
         if not _is_collective_failure(error):
             raise

@@ -96,6 +96,7 @@ def main(output: Path) -> None:
     dist.init_process_group("gloo")
     results |= {case: distributed_case(case, rank, world_size) for case in CASES}
     torch.save(results, output / f"rank{rank}.pt")
+    dist.barrier()  # no rank tears gloo down while another still uses it (an abort at exit under load)
     dist.destroy_process_group()
 
 

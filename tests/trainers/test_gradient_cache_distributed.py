@@ -58,6 +58,7 @@ def run_rank(rank: int, init_file: str, results: str) -> None:
         torch.save(
             {"loss": loss, "grads": grads, "allreduces": allreduces["calls"], "unequal": unequal}, results % rank
         )
+        dist.barrier()  # no rank tears gloo down while another still uses it (an abort at exit under load)
     finally:
         dist.destroy_process_group()
 
