@@ -45,3 +45,27 @@ def test_a_collective_failure_becomes_one_line_saying_to_resume():
     assert distributed._is_collective_failure(gloo)
     assert distributed._first_sentence(gloo) == "Read error [127.0.0.1]:17838: Connection reset by peer"
     assert not distributed._is_collective_failure(RuntimeError("CUDA out of memory"))
+
+
+@pytest.fixture
+def recorded_group(monkeypatch):
+    """A job of two on rank 1 whose torch.distributed calls are recorded instead of made."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    calls = []
+    for name in ("init_process_group", "barrier", "destroy_process_group"):
+        monkeypatch.setattr(distributed.dist, name, lambda *args, name=name, **kwargs: calls.append(name))
+    return calls
+
+
+def test_a_finished_rank_waits_for_the_others_before_the_group_closes(recorded_group):
+    # Rank 0 evaluates and writes after the others have finished training; closing gloo under it aborted a rank.
+    with distributed.process_group("cpu") as world:
+        assert world.rank == 1
+    assert recorded_group == ["init_process_group", "barrier", "destroy_process_group"]
+
+
+def test_a_failing_rank_closes_the_group_without_waiting(recorded_group):
+    with pytest.raises(ConfigError, match="refused"), distributed.process_group("cpu"):
+        raise ConfigError("refused")
+    assert recorded_group == ["init_process_group", "destroy_process_group"]
