@@ -2,7 +2,8 @@
 
 RS@k trails contrastive and FastAP at the same epochs and gains more than they do from a larger batch at the same
 steps. One measurable reason is how the gradient is spread over the batch. For one batch drawn as the trainer
-draws it (MPerClassSampler, m = 4, the training augmentation, the network in eval mode as with frozen BatchNorm),
+draws it (MPerClassSampler, m = 4, the training augmentation; BatchNorm frozen or on each chunk of 256 as the
+run's ``train.freeze_batchnorm`` says),
 each loss's gradient with respect to the embeddings gives one norm g_i per item, and this script reports:
 
 * the participation ratio (Σ g_i)² / (B Σ g_i²): 1 when every item gets the same gradient, 1/B when one item
@@ -79,6 +80,14 @@ def share_with_a_positive_near_the_top(embeddings: torch.Tensor, labels: torch.T
     return float((rank <= k).double().mean())
 
 
+def similarity_spread(embeddings: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard deviation of the cosine similarities between distinct items of the batch. A network whose
+    embeddings all point one way (spread ≪ RS@k's τ_rank of 0.01) gives every soft rank about half the batch."""
+    e = torch.nn.functional.normalize(embeddings.double(), dim=1)
+    off_diagonal = (e @ e.T)[~torch.eye(len(e), dtype=torch.bool)]
+    return float(off_diagonal.mean()), float(off_diagonal.std())
+
+
 def draw_batch(train, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     rng = np.random.default_rng(seed)
     labels_all = np.asarray(train.labels)
@@ -119,23 +128,29 @@ def main(argv=None) -> int:
     start = args.checkpoint or config["model"]["init_checkpoint"]
     if start:
         load_init_weights(model, start)
-    model.eval()
+    # The network as the trainer sees it: frozen BatchNorm (eval mode), or BatchNorm on each chunk of 256's own
+    # statistics (train.freeze_batchnorm = false; its running statistics, which eval mode would use, start at 0 / 1).
+    batch_statistics = not config["train"]["freeze_batchnorm"]
+    model.train(batch_statistics)
     rows = []
     for batch in args.batches:
         for draw in range(args.draws):
             images, labels = draw_batch(train, batch, seed=draw)
             with torch.no_grad():
-                embeddings = torch.cat([model(chunk) for chunk in images.split(512)])
+                embeddings = torch.cat([model(chunk) for chunk in images.split(256 if batch_statistics else 512)])
             near_top = share_with_a_positive_near_the_top(embeddings, labels)
+            mean, spread = similarity_spread(embeddings)
             for loss_name in args.losses:
                 rows.append({"batch": batch, "draw": draw, "loss": loss_name,
                              **gradient_spread(gradient_norms(loss_name, config, embeddings, labels)),
-                             "positive_in_top_16": near_top})  # fmt: skip
+                             "positive_in_top_16": near_top, "similarity_mean": mean,
+                             "similarity_std": spread})  # fmt: skip
             print(f"batch {batch} draw {draw} done", file=sys.stderr, flush=True)
     lines = [
         f"# How many items of a batch each loss learns from ({source})",
         "",
         f"`python {' '.join(sys.argv)}`; {source}, weights `{start or config['model']['pretrained_path'] or 'random'}`"
+        f", BatchNorm {'on each chunk of 256' if batch_statistics else 'frozen (eval mode)'}"
         f". Means over {args.draws} batches of batch/4 training "
         "classes × 4. Participation ratio (Σ g)² / (B Σ g²) of the per-item gradient norms g (1: every item the "
         "same); the share of items that carry 90 % of Σ g²; the share below 1 % of the largest g.",
@@ -147,10 +162,19 @@ def main(argv=None) -> int:
         f"{batch}: {np.mean([r['positive_in_top_16'] for r in rows if r['batch'] == batch]):.2f}"
         for batch in args.batches
     ]
+    similarities = [
+        f"{batch}: {np.mean([r['similarity_mean'] for r in rows if r['batch'] == batch]):.6f} ± "
+        f"{np.mean([r['similarity_std'] for r in rows if r['batch'] == batch]):.2g}"
+        for batch in args.batches
+    ]
     lines[3:3] = [
         "",
         "Queries whose nearest positive is among their 16 nearest items (the largest k), by batch: "
         + ", ".join(top)
+        + ".",
+        "",
+        "Cosine similarity between distinct items of a batch, mean ± standard deviation, by batch: "
+        + ", ".join(similarities)
         + ".",
     ]
     for loss_name in args.losses:

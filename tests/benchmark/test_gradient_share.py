@@ -58,3 +58,13 @@ def test_share_with_a_positive_near_the_top_equals_a_loop(gradient_share):
         hits += any(labels[z] == labels[q] for z in ranked[:5])
     got = gradient_share.share_with_a_positive_near_the_top(embeddings, labels, k=5)
     assert got == pytest.approx(hits / counted)
+
+
+def test_similarity_spread_equals_a_loop_over_distinct_pairs(gradient_share):
+    g = torch.Generator().manual_seed(5)
+    embeddings = torch.randn(12, 4, generator=g) + 3.0  # most similarities near 1
+    e = torch.nn.functional.normalize(embeddings.double(), dim=1).tolist()
+    values = [sum(a * b for a, b in zip(e[i], e[j])) for i in range(12) for j in range(12) if i != j]
+    mean, spread = gradient_share.similarity_spread(embeddings)
+    assert mean == pytest.approx(np.mean(values), abs=1e-12)
+    assert spread == pytest.approx(np.std(values, ddof=1), abs=1e-12)
