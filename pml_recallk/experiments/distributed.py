@@ -187,12 +187,6 @@ def from_main(compute: Callable[[], T]) -> T:
     return message[0]
 
 
-def barrier() -> None:
-    """Wait for every rank (nothing outside a process group)."""
-    if current_world().distributed:
-        dist.barrier()
-
-
 def split_batch(batch_size: int) -> int:
     """Each rank's share of the global batch; a global batch that does not split evenly is a ConfigError."""
     world = current_world()
