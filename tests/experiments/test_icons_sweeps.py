@@ -17,8 +17,9 @@ from pml_recallk.experiments.builders import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "benchmarks" / "configs"
-FINETUNE, SCRATCH, SEARCH, SCRATCH_SEARCH = (
-    CONFIGS / f"sweep_icons_{n}.toml" for n in ("finetune", "scratch", "finetune_search", "scratch_search")
+FINETUNE, SCRATCH, SEARCH, SCRATCH_SEARCH, PROXY_SEARCH = (
+    CONFIGS / f"sweep_icons_{n}.toml"
+    for n in ("finetune", "scratch", "finetune_search", "scratch_search", "finetune_proxy_search")
 )
 PML_PRESETS = {"contrastive", "fastap", "multi_similarity", "triplet", "proxy_anchor"}
 
@@ -37,7 +38,7 @@ def _flat(config: dict) -> dict[str, object]:
     return {f"{table}.{key}": value for table, values in config.items() for key, value in values.items()}
 
 
-@pytest.mark.parametrize("path", [FINETUNE, SCRATCH, SEARCH, SCRATCH_SEARCH], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [FINETUNE, SCRATCH, SEARCH, SCRATCH_SEARCH, PROXY_SEARCH], ids=lambda p: p.name)
 def test_every_arm_trains_the_same_network_on_the_icon_csv(path):
     for name, config in _configs(_load(path)).items():
         data, model = config["data"], config["model"]
@@ -151,13 +152,21 @@ def test_the_protocols_epochs_and_rates():
     assert finetune["weight_decay"] == scratch["weight_decay"] == 4e-4
 
 
-@pytest.mark.parametrize(("path", "protocol"), [(SEARCH, FINETUNE), (SCRATCH_SEARCH, SCRATCH)], ids=["A", "B"])
-def test_a_search_never_embeds_a_test_image_and_its_base_is_its_protocol_s_rsk_arm(path, protocol):
+@pytest.mark.parametrize(
+    ("path", "protocol", "arm"),
+    [
+        (SEARCH, FINETUNE, "rsk_b256"),
+        (SCRATCH_SEARCH, SCRATCH, "rsk_b256"),
+        (PROXY_SEARCH, FINETUNE, "proxy_anchor_b256"),
+    ],
+    ids=["A", "B", "A ProxyAnchor"],
+)
+def test_a_search_never_embeds_a_test_image_and_its_base_is_its_protocol_s_arm(path, protocol, arm):
     search = _load(path)
     configs = _configs(search)
     assert search.floors == [] and search.seeds == [0, 1, 2]
     assert all(config["data"]["test_splits"] == ["val"] for config in configs.values())
-    main = _load(protocol).arm_config(_load(protocol).arm("rsk_b256"), seed=0)
+    main = _load(protocol).arm_config(_load(protocol).arm(arm), seed=0)
     differences = {key for key, value in _flat(configs["base"]).items() if _flat(main)[key] != value}
     assert differences == {"data.test_splits"}
     # Every other arm changes one thing of the base, and names it.
