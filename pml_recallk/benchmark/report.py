@@ -143,8 +143,8 @@ def summarize(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _family(spec: Mapping[str, Any]) -> str:
-    """The loss with what changes its kind (SiMix, a memory, a warm-up, its own parameters' learning rate, equal
-    steps): one line of the batch-size plot."""
+    """The loss with what changes its kind (SiMix, a memory, RS@k's calibration term, a warm-up, its own
+    parameters' learning rate, equal steps): one line of the batch-size plot."""
     config = spec.get("config", {})
     mixup, memory = config.get("mixup", {}), config.get("memory", {})
     family = spec["loss"]
@@ -152,6 +152,8 @@ def _family(spec: Mapping[str, Any]) -> str:
         family += f" + SiMix ({mixup['mode']})" if "mode" in mixup else " + SiMix"
     if memory.get("enabled"):
         family += " + memory"
+    if config.get("loss", {}).get("calibration_weight"):
+        family += f" + calibration λ {config['loss']['calibration_weight']:g}"
     if config.get("train", {}).get("warmup_epochs"):
         family += " + warm-up"
     if config.get("train", {}).get("loss_lr"):

@@ -128,6 +128,13 @@ def test_a_loss_family_is_the_loss_with_what_changes_its_kind():
     assert benchmark.report._family({"arm": "pa", "loss": "proxy_anchor", "config": {"train": {"loss_lr": 0.0}}}) == (
         "proxy_anchor"
     )
+    # RS@k's calibration term is a remedy of its own: beside plain RS@k at one batch it is another line, and off
+    # (λ = 0, the default) it is plain RS@k.
+    spec = {"arm": "c", "loss": "rsk", "config": {"loss": {"name": "rsk", "calibration_weight": 0.1}}}
+    assert benchmark.report._family(spec) == "rsk + calibration λ 0.1"
+    assert (
+        benchmark.report._family({"arm": "c", "loss": "rsk", "config": {"loss": {"calibration_weight": 0.0}}}) == "rsk"
+    )
 
 
 def test_the_batch_plot_puts_equal_steps_arms_in_a_panel_of_their_own_from_their_reference_arm():
