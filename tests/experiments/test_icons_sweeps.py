@@ -64,8 +64,16 @@ def test_protocol_a_fine_tunes_the_pretrained_trunk_and_protocol_b_starts_from_r
 
 
 def test_protocol_b_runs_protocol_a_s_arms_without_the_memory_and_with_the_same_overrides():
-    finetune = {arm.name: arm for arm in _load(FINETUNE).arms}
-    scratch = {arm.name: arm for arm in _load(SCRATCH).arms}
+    # The PML losses at 4,096 with batch 256's steps are each protocol's best two on its own validation runs
+    # (test_the_arms_are_the_ones_the_issue_lists), so they may differ between the protocols.
+    def arms(path: Path) -> dict:
+        return {
+            arm.name: arm
+            for arm in _load(path).arms
+            if not arm.name.endswith("_b4096_equal_steps") or arm.loss == "rsk"
+        }
+
+    finetune, scratch = arms(FINETUNE), arms(SCRATCH)
     # The memory, and the remedy chosen on protocol A's validation search, are protocol A's alone.
     only_a = {"rsk_xbm_b256", "rsk_calibration_b256"}
     assert set(finetune) - set(scratch) == only_a and set(scratch) <= set(finetune)
