@@ -407,19 +407,29 @@ def batch_panels(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[str,
     return panels
 
 
+def batch_axis_bottom(means: Sequence[float]) -> float:
+    """The lower end of the batch plot's Recall@1 axis (%) for these arm means: just below the lowest mean within 20
+    points of the best, so that a collapsed arm does not squash the lines near the best into a band; from 0 when the
+    best is at most 40, where the whole range is narrow enough to show every point (a study far from converged)."""
+    best = max(means)
+    if best <= 40.0:
+        return 0.0
+    return min(m for m in means if m >= best - 20.0) - 1.0
+
+
 def _plot_against_batch(rows: Sequence[Mapping[str, Any]], output_dir: Path) -> None:
     """Recall@1 against the batch size, one line per loss family, in the panels of :func:`batch_panels`.
 
-    One colour per loss in both panels. The axis holds the points within 20 points of the best; a point below those
-    is drawn at the bottom as a triangle with its value written next to it (one collapsed arm would otherwise
-    squash every other line into a band); the values of several such points at one batch size are stacked.
+    One colour per loss in both panels. The axis is :func:`batch_axis_bottom`'s; a point below it is drawn at the
+    bottom as a triangle with its value written next to it (one collapsed arm would otherwise squash every other line
+    into a band); the values of several such points at one batch size are stacked.
     """
     panels = batch_panels(rows)
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels) + 2.5, 6.0), sharey=True, squeeze=False)
     means = [100 * r[PRIMARY_METRIC][0] for _, families in panels for line in families.values() for r in line]
-    bottom = min(m for m in means if m >= max(means) - 20.0) - 1.0
+    bottom = batch_axis_bottom(means)
     top = max(100 * (r[PRIMARY_METRIC][0] + r[PRIMARY_METRIC][1]) for _, f in panels for l in f.values() for r in l)
     # One colour per family, its equal-steps line included.
     losses = list(dict.fromkeys(_without_equal_steps(f) for _, families in panels for f in families))

@@ -162,3 +162,14 @@ def test_the_batch_plot_puts_equal_steps_arms_in_a_panel_of_their_own_from_their
     }
     assert "epochs" in same_epochs_title and "steps" in same_steps_title
     assert len(batch_panels(rows[:3])) == 1  # no equal-steps arm: one panel
+
+
+def test_the_batch_axis_keeps_the_points_near_the_best_and_shows_a_low_study_whole():
+    from pml_recallk.benchmark.report import batch_axis_bottom
+
+    # High Recall: the axis starts 1 below the lowest mean within 20 of the best; the collapsed arm (2.0) and the
+    # one 20.5 below the best fall under it.
+    assert batch_axis_bottom([47.4, 43.5, 29.3, 26.9, 2.0]) == pytest.approx(28.3)
+    # A study whose best is at most 40 is shown from 0: every arm on the axis, the collapsed ones included.
+    assert batch_axis_bottom([29.5, 13.7, 11.4, 5.4, 0.8]) == 0.0
+    assert batch_axis_bottom([40.0, 1.0]) == 0.0 and batch_axis_bottom([40.5, 1.0]) == pytest.approx(39.5)
