@@ -6,7 +6,6 @@ file reads neither.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -86,14 +85,9 @@ def test_protocol_b_runs_protocol_a_s_arms_without_the_memory_and_with_the_same_
 
 def _validation_recall_at_256(path: Path, pml: dict[str, str]) -> dict[str, float]:
     """Mean over the committed seeds of each batch-256 PML arm's validation Recall@1 at the epoch its run chose."""
-    runs = ROOT / "benchmarks" / "results" / path.stem / "runs"
-    means = {}
-    for arm in (name for name in pml if name.endswith("_b256")):
-        results = [json.loads(p.read_text()) for p in sorted((runs / arm).glob("seed_*/result.json"))]
-        chosen = [next(v for v in r["val_curve"] if v["epoch"] == r["best_epoch"]) for r in results]
-        if chosen:
-            means[arm] = sum(v["recall_at_1"] for v in chosen) / len(chosen)
-    assert len(means) >= 2, f"no committed batch-256 runs of two PML losses under {runs}"
+    rows = report.validation_rows(ROOT / "benchmarks" / "results" / path.stem)
+    means = {row["arm"]: row["val_recall_at_1"] for row in rows if row["arm"] in pml and row["arm"].endswith("_b256")}
+    assert len(means) >= 2, f"no committed batch-256 runs of two PML losses for {path.name}"
     return means
 
 
@@ -132,10 +126,9 @@ def test_the_arms_are_the_ones_the_issue_lists(path):
     # committed runs (each run's chosen epoch), so a re-run that changes the order fails here until they move.
     validation = _validation_recall_at_256(path, pml)
     best_two = sorted(validation, key=validation.get, reverse=True)[:2]
-    expected = sorted((pml[arm], 4096, arm) for arm in best_two)
-    # RS@k's best batch-and-steps arm (1,024 with batch 256's steps in both protocols), matched by the best PML loss
-    # at 256.
-    expected = sorted([*expected, (pml[best_two[0]], 1024, best_two[0])])
+    # Beside them RS@k's best batch-and-steps arm (1,024 with batch 256's steps in both protocols), matched by the
+    # best PML loss at 256.
+    expected = sorted([*((pml[arm], 4096, arm) for arm in best_two), (pml[best_two[0]], 1024, best_two[0])])
     assert equal_steps == expected
     # Every arm uses its preset's settings: no arm sets loss hyper-parameters or a miner of its own, but the remedy
     # arm of protocol A, which sets the one key the validation search chose.
