@@ -109,6 +109,12 @@ def validation_rows(output_dir: str | Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: -row["val_map_at_r"])
 
 
+def _plus_minus(mean: float, std: float, count: int, sign: str = "", scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± std`` scaled for a table cell; the mean alone for one seed, which has no spread to show."""
+    text = f"{scale * mean:{sign}.{digits}f}"
+    return text if count < 2 else f"{text} ± {scale * std:.{digits}f}"
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof = 1; 0 for a single value)."""
     values = np.asarray(values, dtype=np.float64)
@@ -235,8 +241,8 @@ def write_report(
 
 def _table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list[str]:
     lines = [
-        "Test split, in %: mean ± standard deviation over the seeds (sample std, ddof = 1). "
-        "Training time excludes validation.",
+        "Test split, in %: mean ± standard deviation over the seeds (sample std, ddof = 1; the value alone for one "
+        "seed). Training time excludes validation.",
         "",
         "| arm | loss | batch | steps | "
         + " | ".join(metric_title(m) for m in metrics)
@@ -244,11 +250,12 @@ def _table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list[st
         "|---|---|---:|---:|" + "---:|" * len(metrics) + "---:|---:|",
     ]
     for row in rows:
-        cells = [f"{100 * row[m][0]:.2f} ± {100 * row[m][1]:.2f}" if m in row else "–" for m in metrics]
-        time_mean, time_std = row["train_seconds"]
+        count = len(row["seeds"])
+        cells = [_plus_minus(*row[m], count) if m in row else "–" for m in metrics]
+        time_cell = _plus_minus(*row["train_seconds"], count, scale=1.0, digits=1)
         lines.append(
             f"| {row['arm']} | {row['loss']} | {row['batch_size'] or '–'} | {row['steps'] or '–'} | "
-            + " | ".join(cells) + f" | {time_mean:.1f} ± {time_std:.1f} | {len(row['seeds'])} |"
+            + " | ".join(cells) + f" | {time_cell} | {count} |"
         )  # fmt: skip
     return lines
 
@@ -341,7 +348,7 @@ def _paired_differences(results: Sequence[Mapping[str, Any]], metrics: Sequence[
         cells = []
         for metric in metrics:
             mean, std = _mean_std([by_arm[arm][s]["test"][metric] - by_arm[baseline][s]["test"][metric] for s in seeds])
-            cells.append(f"{100 * mean:+.2f} ± {100 * std:.2f}")
+            cells.append(_plus_minus(mean, std, len(seeds), sign="+"))
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {len(seeds)} |")
     return lines
 

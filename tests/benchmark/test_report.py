@@ -55,6 +55,8 @@ def test_table_is_mean_and_sample_std_over_seeds(config, tmp_path):
     markdown = (tmp_path / "results.md").read_text()
     assert markdown.split("```bash\n")[1].startswith("CMD --x 1\n")  # the command comes first
     assert "| triplet | triplet | 16 | 8 | 60.00 ± 10.00 |" in markdown
+    # One seed has no spread: the table shows its value alone, not a spread of 0.
+    assert "| fastap | fastap | 16 | 8 | 40.00 | 50.00 | 10.00 | 20.0 | 1 |" in markdown
     for plot in ("recall_at_k.png", "recall_at_1_vs_batch.png", "recall_at_1_vs_time.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -68,6 +70,14 @@ def test_paired_differences_are_taken_seed_by_seed(config, tmp_path):
     expected_r1 = f"{statistics.mean([3, 1]):+.2f} ± {statistics.stdev([3, 1]):.2f}"
     expected_map = f"{statistics.mean([-10, 0]):+.2f} ± {statistics.stdev([-10, 0]):.2f}"
     assert f"| triplet | {expected_r1} | {expected_map} | 2 |" in markdown
+
+
+def test_a_difference_over_one_shared_seed_is_shown_without_a_spread(config, tmp_path):
+    rsk = [fake_result("rsk", seed, 0.50 + seed / 10, 0.2, 5.0) for seed in (0, 1)]
+    triplet = [fake_result("triplet", 1, 0.64, 0.25, 5.0)]  # seed 1 only: one pair, 0.64 - 0.60
+    benchmark.write_report(sweep_of(config, "rsk", "triplet"), rsk + triplet, tmp_path, command="cmd")
+    expected = f"| triplet | {100 * (0.64 - 0.60):+.2f} | {100 * (0.25 - 0.2):+.2f} | 1 |"
+    assert expected in (tmp_path / "results.md").read_text()
 
 
 def test_rows_group_arms_of_one_loss_for_the_batch_plot(config):
