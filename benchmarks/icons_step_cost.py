@@ -4,6 +4,9 @@ gradient cache above 256, as the sweeps do), the loss alone at a batch, and the 
     OMP_NUM_THREADS=1 python benchmarks/icons_step_cost.py --weights benchmarks/.cache/mobilenet_v2_nsfwjs.pth \\
         --batches 256 1024 --loss-batches 256 1024 4096
 
+``--layouts default channels_last`` times each training step and the embedding in both memory layouts
+(``train.channels_last``) and prints the ratio to the first.
+
 Process time (``time.process_time``, one torch thread), which on a shared machine is closer to what the step costs
 on an idle core than its wall time is; the wall time is printed beside it with the load average. Inputs are random
 64-px RGB batches (the cost does not depend on the pixels; with the data loader's PNG decoding and augmentation on
@@ -13,6 +16,7 @@ top, the runs' steps cost more: docs/icons_benchmark.md compares).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import time
 from functools import partial
@@ -55,18 +59,31 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--loss-batches", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--layouts", nargs="+", default=["default"], choices=["default", "channels_last"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = build_model(args.model, embedding_size=128, pretrained_path=args.weights)
-    optimizer = torch.optim.Adam(model.parameters(), 3e-4)
+    # --weights "": random weights with BatchNorm trained, as protocol B; else protocol A's frozen statistics
+    model = build_model(
+        args.model, embedding_size=128, pretrained_path=args.weights or None, freeze_batchnorm=bool(args.weights)
+    )
+    formats = {"default": torch.preserve_format, "channels_last": torch.channels_last}
+    models = {layout: copy.deepcopy(model).to(memory_format=formats[layout]) for layout in args.layouts}
     loss_fn = RecallKSurrogateLoss()
     print(f"torch {torch.__version__}, threads 1, {args.model}, 64 px, load {os.getloadavg()[0]:.1f}")
 
+    def report(what: str, layout: str, cpu: float, wall: float, first: dict[str, float], per: str) -> None:
+        ratio = "" if layout == args.layouts[0] else f", {first[what] / cpu:.2f}x the {args.layouts[0]} layout's speed"
+        first.setdefault(what, cpu)
+        print(f"{what} [{layout}]: {cpu:6.2f} s CPU ({wall:6.2f} s wall), {per}{ratio}")
+
+    first: dict[str, float] = {}
     for batch in args.batches:
         images, labels = torch.randn(batch, 3, 64, 64), torch.arange(batch // 4).repeat_interleave(4)
-        cpu, wall = timed(partial(train_step, model, optimizer, loss_fn, images, labels), args.repeats)
-        print(f"train step, batch {batch:5d}: {cpu:6.2f} s CPU ({wall:6.2f} s wall), {1e3 * cpu / batch:.1f} ms/image")
+        for layout, net in models.items():
+            optimizer = torch.optim.Adam(net.parameters(), 3e-4)
+            cpu, wall = timed(partial(train_step, net, optimizer, loss_fn, images, labels), args.repeats)
+            report(f"train step, batch {batch:5d}", layout, cpu, wall, first, f"{1e3 * cpu / batch:.1f} ms/image")
 
     for batch in args.loss_batches:
         embeddings = torch.nn.functional.normalize(torch.randn(batch, 128), dim=1).requires_grad_()
@@ -75,10 +92,11 @@ def main() -> None:
         print(f"RS@k loss + backward alone, batch {batch:5d}: {cpu:6.2f} s CPU ({wall:6.2f} s wall)")
 
     images = torch.randn(256, 3, 64, 64)
-    model.eval()
-    with torch.no_grad():
-        cpu, wall = timed(lambda: model(images), args.repeats)
-    print(f"embedding for evaluation: {1e3 * cpu / 256:.2f} ms/image CPU ({1e3 * wall / 256:.2f} wall)")
+    for layout, net in models.items():
+        net.eval()
+        with torch.no_grad():
+            cpu, wall = timed(lambda net=net: net(images), args.repeats)
+        report("embedding for evaluation, 256 images", layout, cpu, wall, first, f"{1e3 * cpu / 256:.2f} ms/image")
     print(f"load after: {os.getloadavg()[0]:.1f}")
 
 

@@ -250,6 +250,16 @@ def test_load_checkpoint_refuses_other_files_in_one_line(tmp_path, content):
     assert "\n" not in str(error.value) and "weights_only" not in str(error.value)
 
 
+def test_a_run_trained_channels_last_resumes_and_evaluates_in_the_default_layout(tiny_config, tmp_path):
+    # train.channels_last says how fast a run goes, not what it computes (a runtime key, like the device)
+    first = resolve_config(overrides=["train.epochs=1", "train.channels_last=true"], base=tiny_config)
+    run_experiment(first, tmp_path, log=quiet)
+    resumed = resolve_config(overrides=["train.epochs=2", "train.channels_last=false"], base=tiny_config)
+    results = run_experiment(resumed, tmp_path, resume=True, log=quiet)
+    assert results["epochs_run"] == 2 and results["config"]["train"]["channels_last"] is False
+    assert evaluate_checkpoint(tmp_path, log=quiet)["test"] == pytest.approx(results["trained"], abs=1e-6)
+
+
 def test_resuming_with_fewer_epochs_than_run_is_refused_before_anything_is_written(tiny_run, tiny_config):
     output, _ = tiny_run
     before = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}

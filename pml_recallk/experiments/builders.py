@@ -66,6 +66,7 @@ __all__ = [
     "iterations_of",
     "loader_workers",
     "mixed_precision_dtype",
+    "place_model",
 ]
 
 
@@ -304,6 +305,16 @@ def device_of(config: Mapping[str, Any]) -> torch.device:
     return torch.device(name)
 
 
+def place_model(
+    model: torch.nn.Module, config: Mapping[str, Any], device: torch.device | None = None
+) -> torch.nn.Module:
+    """``model`` moved to ``device`` (default :func:`device_of` ``config``), its convolution weights in the
+    channels-last layout when ``train.channels_last`` (a convolution then computes in that layout whatever its
+    input's; other parameters keep theirs). Returns ``model``."""
+    memory_format = torch.channels_last if config["train"]["channels_last"] else torch.preserve_format
+    return model.to(device or device_of(config), memory_format=memory_format)
+
+
 def build_model(config: Mapping[str, Any], channels: int | None = None) -> torch.nn.Module:
     """The embedding network of ``config["model"]`` (only the keys that network takes are passed).
 
@@ -538,7 +549,7 @@ def build_initial_model(
     init = None
     if config["model"]["init_checkpoint"]:
         init = load_init_weights(model, config["model"]["init_checkpoint"])
-    return model.to(device), datasets, init
+    return place_model(model, config, device), datasets, init
 
 
 def build_setup(config: Mapping[str, Any], datasets: Mapping[str, Dataset] | None = None) -> Setup:

@@ -206,6 +206,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
         ),
         "seed": Field("int", 0, "seed of initialisation, sampling and augmentation", minimum=0),
         "device": Field("str", "auto", "auto, cpu, cuda, cuda:N or mps"),
+        # A layout, not a different computation: the same values up to float rounding (a runtime key below).
+        "channels_last": Field(
+            "bool",
+            False,
+            "convolution weights in the channels-last layout (faster convolutions on CPUs and recent GPUs; the "
+            "same results up to float rounding)",
+        ),
         "stop_on_nan": Field(
             "bool", True, "stop with an error on NaN/infinite embeddings or loss (false: skip that step and go on)"
         ),
@@ -261,7 +268,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
 RUNTIME_KEYS = frozenset(
     {
         "data.root", "data.glyphs_cache_dir", "data.han_font_dir", "data.num_workers", "data.check_images",
-        "train.device", "eval.batch_size",
+        "train.device", "train.channels_last", "eval.batch_size",
     }
 )  # fmt: skip
 # A resumed run may also train longer (never shorter than what it has run).

@@ -549,6 +549,6 @@ def evaluate_checkpoint(
     datasets = builders.build_datasets(config, splits, channels)
     model = builders.build_model(config, channels)
     model.load_state_dict(state["model"])
-    model.to(builders.device_of(config))
+    builders.place_model(model, config)
     log(f"evaluating {checkpoint} (epoch {state['epoch']}) on {config['data']['dataset']} {', '.join(splits)} ...")
     return embed_and_evaluate(config, model, datasets, epoch=state["epoch"])

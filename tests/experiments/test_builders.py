@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -108,3 +109,28 @@ def test_a_device_torch_cannot_see_is_a_clear_error(device, monkeypatch):
     with pytest.raises(ConfigError, match="torch sees no"):
         builders.device_of(resolve_config(overrides=[f"train.device={device}"]))
     assert builders.device_of(resolve_config(overrides=["train.device=auto"])) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "mobilenet_v2_block13"])
+def test_channels_last_changes_the_layout_of_the_convolutions_not_what_the_network_computes(name):
+    config = resolve_config(overrides=[f"model.name={name}", "model.embedding_size=16", "train.channels_last=true"])
+    torch.manual_seed(0)
+    model = builders.build_model(config, channels=3).train()  # BatchNorm on batch statistics, as in training
+    reference = copy.deepcopy(model).double()
+    assert builders.place_model(model, config, torch.device("cpu")) is model
+    convolutions = [p for p in model.parameters() if p.ndim == 4]
+    assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
+    assert not all(p.is_contiguous() for p in convolutions)  # a real change of layout, not a 1x1 no-op
+    assert all(p.is_contiguous() for p in model.parameters() if p.ndim != 4)
+
+    images, weights = torch.randn(16, 3, 32, 32), torch.randn(16, 16)
+    (model(images) * weights).sum().backward()
+    embeddings = reference(images.double())
+    (embeddings * weights.double()).sum().backward()
+    # Against float64: float32 rounding through MobileNetV2's 40 layers measured 3e-5 on these unit embeddings in
+    # this layout (4e-6 in the default one) and a gradient 1.4 % off in norm (0.3 %); a layout that mixed channels up
+    # would be off by the size of the values.
+    assert torch.allclose(model(images).double(), embeddings, atol=3e-4)
+    gradient = torch.cat([p.grad.flatten().double() for p in model.parameters()])
+    exact = torch.cat([p.grad.flatten() for p in reference.parameters()])
+    assert (gradient - exact).norm() <= 0.1 * exact.norm()
