@@ -72,18 +72,19 @@ def main() -> None:
     loss_fn = RecallKSurrogateLoss()
     print(f"torch {torch.__version__}, threads 1, {args.model}, 64 px, load {os.getloadavg()[0]:.1f}")
 
-    def report(what: str, layout: str, cpu: float, wall: float, first: dict[str, float], per: str) -> None:
+    first: dict[str, float] = {}  # the first layout's CPU seconds of each measurement, for the ratios
+
+    def report(what: str, layout: str, cpu: float, wall: float, per: str) -> None:
         ratio = "" if layout == args.layouts[0] else f", {first[what] / cpu:.2f}x the {args.layouts[0]} layout's speed"
         first.setdefault(what, cpu)
         print(f"{what} [{layout}]: {cpu:6.2f} s CPU ({wall:6.2f} s wall), {per}{ratio}")
 
-    first: dict[str, float] = {}
     for batch in args.batches:
         images, labels = torch.randn(batch, 3, 64, 64), torch.arange(batch // 4).repeat_interleave(4)
         for layout, net in models.items():
             optimizer = torch.optim.Adam(net.parameters(), 3e-4)
             cpu, wall = timed(partial(train_step, net, optimizer, loss_fn, images, labels), args.repeats)
-            report(f"train step, batch {batch:5d}", layout, cpu, wall, first, f"{1e3 * cpu / batch:.1f} ms/image")
+            report(f"train step, batch {batch:5d}", layout, cpu, wall, f"{1e3 * cpu / batch:.1f} ms/image")
 
     for batch in args.loss_batches:
         embeddings = torch.nn.functional.normalize(torch.randn(batch, 128), dim=1).requires_grad_()
@@ -96,7 +97,7 @@ def main() -> None:
         net.eval()
         with torch.no_grad():
             cpu, wall = timed(lambda net=net: net(images), args.repeats)
-        report("embedding for evaluation, 256 images", layout, cpu, wall, first, f"{1e3 * cpu / 256:.2f} ms/image")
+        report("embedding for evaluation, 256 images", layout, cpu, wall, f"{1e3 * cpu / 256:.2f} ms/image")
     print(f"load after: {os.getloadavg()[0]:.1f}")
 
 

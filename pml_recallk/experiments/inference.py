@@ -116,7 +116,7 @@ def load_trained_model(checkpoint: str | Path, config: Mapping[str, Any] | None 
     model = builders.build_model(config, channels)
     model.load_state_dict(state["model"])
     device = builders.device_of(config)
-    builders.place_model(model, config).eval()
+    builders.place_model(model, config, device).eval()
     return TrainedModel(model, config, saved, channels, device, int(state["epoch"]), str(checkpoint))
 
 
